@@ -1,0 +1,90 @@
+"""Model checkpoints: written atomically, read with `torch.load(..., weights_only=True)`. No Ray.
+
+A model file (`model.pt`, `best.pt`) is a plain dict of tensors and JSON-like values:
+  arch, num_classes, config (TrainConfig as a dict), mean_rgb / std_rgb (input normalisation, 0-255
+  units; std_rgb None as in the paper), epoch, top1_err, model (the state dict).
+`load_model(source)` turns any of the sources users have into (model, info): one of our model files, a
+run directory (its `best.pt`), or a torchvision `vgg11/13/16/19` `.pth`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vgg_ray.models import VGG, build_vgg, load_torchvision_state_dict, torchvision_arch
+
+# torchvision's ImageNet weights expect (x/255 - mean) / std; in 0-255 units:
+TORCHVISION_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+TORCHVISION_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+BEST = "best.pt"
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same directory, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_record(model: VGG, config: dict, mean_rgb, std_rgb=None, **extra) -> dict:
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {"arch": model.arch, "num_classes": model.num_classes, "config": config,
+            "mean_rgb": [float(v) for v in mean_rgb],
+            "std_rgb": None if std_rgb is None else [float(v) for v in std_rgb],
+            "model": state, **extra}
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files: say which file
+        raise ValueError(f"{path}: not a readable weights file ({e})") from e
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A run directory means its best.pt; a file is itself."""
+    p = Path(source)
+    if p.is_dir():
+        if (p / BEST).is_file():
+            return p / BEST
+        raise FileNotFoundError(f"{p}: a run directory holds {BEST} after its first epoch; none here")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such checkpoint file or run directory")
+    return p
+
+
+def load_model(source: str | os.PathLike, arch: str | None = None, map_location="cpu") -> tuple[VGG, dict]:
+    """Build the model a source describes and load its weights; `info` holds arch, config, normalisation."""
+    path = resolve_source(source)
+    blob = _load(path)
+    if "model" in blob and "arch" in blob:
+        cfg = blob.get("config") or {}
+        model = build_vgg(blob["arch"], num_classes=blob["num_classes"], width=cfg.get("width", 1.0),
+                          fc_width=cfg.get("fc_width", 4096), crop_size=cfg.get("crop_size", 224))
+        model.load_state_dict(blob["model"])
+        info = {k: v for k, v in blob.items() if k != "model"}
+    else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files
+        found = torchvision_arch(blob)
+        if arch is not None and arch != found:
+            raise ValueError(f"{path}: holds config {found} weights, but {arch} was asked for")
+        num_classes = blob["classifier.6.weight"].shape[0]
+        model = load_torchvision_state_dict(build_vgg(found, num_classes=num_classes), blob)
+        info = {"arch": found, "num_classes": num_classes, "config": {"crop_size": 224, "preset": "paper"},
+                "mean_rgb": TORCHVISION_MEAN, "std_rgb": TORCHVISION_STD, "source": "torchvision"}
+    info["path"] = str(path)
+    return model.to(map_location), info
