@@ -1,0 +1,48 @@
+"""Train VGG configurations as §3.1 of the paper says, one Ray Tune trial (a DDP TorchTrainer) each.
+
+  python jobs/train.py --arch E --data s3://bucket/imagenet --storage s3://bucket/runs --name vgg-E
+  python jobs/train.py --arch A,B --preset smoke --data demo --cpu --workers 2
+
+Run it again with the same --storage and --name to resume. Locally it starts Ray; submitted with
+`ray job submit` it joins the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vgg_ray.config import add_arguments, from_args
+from vgg_ray.models import ARCHS
+
+
+def parse_archs(text: str) -> list[str]:
+    archs = list(ARCHS) if text == "all" else [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        raise SystemExit(f"--arch {text!r}: expected A, A-LRN, B, C, D, E, a comma list of them, or all")
+    return archs
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="A", help="A, A-LRN, B, C, D, E, a comma list, or all")
+    add_arguments(parser, skip=("arch",))
+    args = parser.parse_args(argv)
+    archs = parse_archs(args.arch)
+    try:
+        cfg = from_args(args, arch=archs[0])
+    except ValueError as e:  # every flag is checked before any work starts
+        parser.error(str(e))
+
+    from vgg_ray.trainer import train  # imports Ray: after the flags are known to be good
+
+    runs = train(cfg, archs)
+    for arch, run_dir in runs.items():
+        print(f"{arch}: metrics {run_dir}/metrics.csv, curves {run_dir}/curves.png, best weights "
+              f"{run_dir}/best.pt, TensorBoard {run_dir}/tensorboard")
+    return runs
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

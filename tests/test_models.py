@@ -1,0 +1,182 @@
+"""The model zoo against Table 1 / Table 2 of the paper and against torchvision."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from vgg_ray.models import (
+    ARCHS,
+    TRANSFER_FROM_A,
+    build_vgg,
+    count_params,
+    forward_macs,
+    load_torchvision_state_dict,
+    to_torchvision_state_dict,
+    transfer_init,
+)
+
+# Table 2, exact counts for 1000 classes.
+PAPER_PARAMS = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952,
+                "D": 138_357_544, "E": 143_667_240}
+PAPER_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+PAPER_GMACS = {"A": 7.6, "B": 11.3, "D": 15.5, "E": 19.6}
+TINY = {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "num_classes": 10}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_parameter_counts_and_depth_match_table_2(arch):
+    with torch.device("meta"):
+        model = build_vgg(arch)
+    assert count_params(model) == PAPER_PARAMS[arch]
+    assert model.weight_layers() == PAPER_LAYERS[arch]
+    if arch in PAPER_GMACS:
+        assert round(forward_macs(model) / 1e9, 1) == PAPER_GMACS[arch]
+
+
+def test_table_1_details():
+    with torch.device("meta"):
+        lrn = build_vgg("A-LRN")
+        c = build_vgg("C")
+    norms = [m for m in lrn.features if isinstance(m, torch.nn.LocalResponseNorm)]
+    assert len(norms) == 1 and lrn.features[2] is norms[0]  # right after conv1_1 and its ReLU
+    assert (norms[0].size, norms[0].alpha, norms[0].beta, norms[0].k) == (5, 1e-4, 0.75, 2.0)
+    one_by_one = [name for name in c.layer_index if name.startswith("conv")
+                  and c.layer(name).kernel_size == (1, 1)]
+    # each after its block's two 3x3 convs, in blocks 3, 4 and 5
+    assert one_by_one == ["conv3_3", "conv4_3", "conv5_3"]
+    assert [c.layer(n).out_channels for n in one_by_one] == [256, 512, 512]
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for a in "BCDE"
+                   for m in build_vgg(a, **TINY).modules())
+
+
+@pytest.mark.parametrize("q, side", [(224, 1), (256, 2), (384, 6), (512, 10)])
+def test_score_map_size_at_test_scales(q, side):
+    with torch.device("meta"):
+        model = build_vgg("A")
+        out = model.score_map(torch.empty(1, 3, q, q))
+    assert tuple(out.shape) == (1, 1000, side, side)
+
+
+def test_tiny_score_map_follows_the_crop_geometry():
+    model = build_vgg("D", **TINY).eval()
+    assert model.score_map(torch.randn(2, 3, 32, 64)).shape == (2, 10, 1, 2)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="smaller than the crop size 32"):
+        model(torch.randn(1, 3, 16, 40))
+
+
+def test_dense_equals_crop_evaluation_at_the_crop_size():
+    torch.manual_seed(0)
+    model = build_vgg("C", **TINY).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        crop = model(x)
+        dense = model.score_map(x)
+        # the same classifier written as the paper's flatten + FC layers
+        feats = model.features(x).flatten(1)
+        fc = feats
+        for m in model.classifier:
+            if isinstance(m, torch.nn.Conv2d):
+                fc = fc @ m.weight.flatten(1).T + m.bias
+            elif isinstance(m, torch.nn.ReLU):
+                fc = torch.relu(fc)
+    assert dense.shape == (3, 10, 1, 1)
+    torch.testing.assert_close(dense.flatten(1), crop)
+    torch.testing.assert_close(fc, crop, rtol=1e-4, atol=1e-5)
+
+
+def test_init_schemes():
+    torch.manual_seed(0)
+    g = build_vgg("A", init="gaussian", init_std=0.1, width=1 / 4, fc_width=256, crop_size=32)
+    w = g.layer("conv3_1").weight
+    assert abs(w.std().item() - 0.1) < 0.005 and abs(w.mean().item()) < 0.005
+    assert all((m.bias == 0).all() for m in g.modules() if isinstance(m, torch.nn.Conv2d))
+    x = build_vgg("A", init="glorot", width=1 / 4, fc_width=256, crop_size=32).layer("conv3_1").weight
+    fan_in, fan_out = x.shape[1] * 9, x.shape[0] * 9
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert x.abs().max() <= bound and x.abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="init='he'"):
+        build_vgg("A", init="he", **TINY)
+
+
+@pytest.mark.parametrize("arch", ["B", "C", "D", "E"])
+def test_transfer_from_a_copies_exactly_the_papers_layers(arch):
+    torch.manual_seed(0)
+    a = build_vgg("A", **TINY)
+    fresh = build_vgg(arch, **TINY)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    copied = transfer_init(fresh, a)
+    assert tuple(copied) == TRANSFER_FROM_A
+    for name in fresh.layer_index:
+        same = torch.equal(fresh.layer(name).weight, a.layer(name).weight) if name in a.layer_index else False
+        if name in TRANSFER_FROM_A:
+            assert same and torch.equal(fresh.layer(name).bias, a.layer(name).bias), name
+        else:
+            key = fresh.layer_index[name] + ".weight"
+            assert torch.equal(fresh.state_dict()[key], before[key]), f"{name} should keep its fresh init"
+
+
+def test_transfer_errors_name_the_layer():
+    a = build_vgg("A", **TINY)
+    with pytest.raises(ValueError, match="layer fc8"):
+        transfer_init(build_vgg("D", **{**TINY, "num_classes": 5}), a)
+    with pytest.raises(ValueError, match="layer conv1_1"):
+        transfer_init(build_vgg("D", **{**TINY, "width": 1 / 8}), a)
+    with pytest.raises(ValueError, match="from a D net"):
+        transfer_init(build_vgg("E", **TINY), build_vgg("D", **TINY))
+    same = build_vgg("E", **TINY)
+    assert transfer_init(same, build_vgg("E", **TINY)) == list(same.layer_index)
+
+
+def test_torchvision_vgg16_round_trip_full_width():
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg16().eval()
+    ours = load_torchvision_state_dict(build_vgg("D"), tv.state_dict()).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-4)
+    back = torchvision.models.vgg16()
+    back.load_state_dict(to_torchvision_state_dict(ours))
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in tv.state_dict().items())
+
+
+@pytest.mark.parametrize("arch, tv_name", [("A", "vgg11"), ("B", "vgg13"), ("E", "vgg19")])
+def test_torchvision_layouts_on_meta(arch, tv_name):
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, tv_name)()
+        ours = build_vgg(arch)
+        load_torchvision_state_dict(ours, tv.state_dict())  # raises on any key or shape mismatch
+        tv.load_state_dict(to_torchvision_state_dict(ours))
+
+
+def test_torchvision_depth_mismatch_is_a_clear_error():
+    with torch.device("meta"):
+        sd = torchvision.models.vgg19().state_dict()
+        with pytest.raises(ValueError, match=r"vgg19 weights \(config E\).*build_vgg\('E'\)"):
+            load_torchvision_state_dict(build_vgg("D"), sd)
+        with pytest.raises(ValueError, match="batch-norm"):
+            load_torchvision_state_dict(build_vgg("D"), torchvision.models.vgg16_bn().state_dict())
+        with pytest.raises(ValueError, match="torchvision has no config C"):
+            to_torchvision_state_dict(build_vgg("C"))
+
+
+def test_pure_modules_do_not_import_ray():
+    code = ("import sys, vgg_ray, vgg_ray.models, vgg_ray.transforms, vgg_ray.config, vgg_ray.checkpoints\n"
+            "for name in ['vgg_ray.evaluation', 'vgg_ray.schedule', 'vgg_ray.shards', 'vgg_ray.imagenet',\n"
+            "             'vgg_ray.demo', 'vgg_ray.metrics']:\n"
+            "    try:\n        __import__(name)\n    except ModuleNotFoundError as e:\n"
+            "        if e.name != name: raise\n"
+            "vgg_ray.build_vgg('A', width=1/16, fc_width=8, crop_size=32)\n"
+            "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_zoo_summary_command_prints_table_2():
+    out = subprocess.run([sys.executable, "-m", "vgg_ray.models"], check=True, capture_output=True,
+                         text=True).stdout
+    assert "143,667,240" in out and "132,863,336" in out and "19.6" in out

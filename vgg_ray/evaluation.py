@@ -1,0 +1,382 @@
+"""§3.2's test protocol: dense and multi-crop evaluation, their combination, multi-scale averaging,
+ConvNet fusion, top-1/top-5 errors, and the result tables in the layout of Tables 3-6. Pure PyTorch.
+
+Every method produces soft-max class posteriors [N, classes]; combining methods, scales or models is
+always the plain average of posteriors (§3.2), so `average` is the one combination rule. Errors are in
+percent. Scales (Q) are in the paper's units (pixels at a 224 crop) unless a name ends in `_px`.
+`eval_job.py` fans these functions out over a Ray cluster; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vgg_ray.config import default_test_scales, parse_scale, scale_to_px
+from vgg_ray.models import VGG
+from vgg_ray.transforms import to_float_nchw
+
+DENSE, MULTI_CROP, BOTH = "dense", "multi-crop", "multi-crop+dense"
+METHODS = (DENSE, MULTI_CROP, BOTH)
+NETWORK_METHODS = (DENSE, MULTI_CROP)  # the two that run a network; BOTH is their average
+GRID = 5  # §3.2: a 5x5 regular grid of crops per scale, each also flipped: 50 crops per scale
+
+# A torchvision .pth carries no training scale. torchvision's reference recipe evaluates at a 256-pixel
+# resize, so such weights are treated as S = 256 (Q = {224, 256, 288} by §3.2); --scales overrides.
+FALLBACK_TRAIN_SCALE = (256, 256)
+
+
+# ---- the two evaluation methods -------------------------------------------------------------------
+
+def grid_positions(height: int, width: int, crop: int, grid: int = GRID) -> list[tuple[int, int]]:
+    """(top, left) of the grid x grid crops, row by row: evenly spaced from the image's top-left corner
+    to its bottom-right one, so the grid covers the whole rescaled image. Offsets are floored to pixels."""
+    if height < crop or width < crop:
+        raise ValueError(f"image {width}x{height} is smaller than the crop {crop}: Q must be >= the crop size")
+    if grid < 1:
+        raise ValueError(f"grid={grid}: need at least one crop per side")
+    steps = max(grid - 1, 1)
+    tops = [i * (height - crop) // steps for i in range(grid)]
+    lefts = [j * (width - crop) // steps for j in range(grid)]
+    return [(t, left) for t in tops for left in lefts]
+
+
+def multi_crop_views(image: torch.Tensor, crop: int, grid: int = GRID) -> torch.Tensor:
+    """[3, H, W] -> [2 * grid^2, 3, crop, crop]: the grid's crops, then the same crops flipped."""
+    crops = torch.stack([image[:, t:t + crop, left:left + crop]
+                         for t, left in grid_positions(image.shape[-2], image.shape[-1], crop, grid)])
+    return torch.cat([crops, crops.flip(-1)])
+
+
+@torch.no_grad()
+def dense_posteriors(model: VGG, images: torch.Tensor) -> torch.Tensor:
+    """§3.2 dense evaluation of a batch of equally sized, normalised images [N, 3, H, W] -> [N, classes].
+
+    Each image and its mirror image go through the fully convolutional net once, whole; the class score
+    map is averaged over its h x w positions, soft-maxed, and the two posteriors averaged.
+    """
+    _check_eval(model)
+    n = images.shape[0]
+    scores = model.score_map(torch.cat([images, images.flip(-1)])).float().mean(dim=(2, 3))
+    return scores.softmax(dim=1).view(2, n, -1).mean(dim=0)
+
+
+@torch.no_grad()
+def multi_crop_posteriors(model: VGG, images: Sequence[torch.Tensor], grid: int = GRID,
+                          max_batch: int = 250) -> torch.Tensor:
+    """§3.2 multi-crop evaluation of normalised images [3, H, W] (sizes may differ) -> [N, classes].
+
+    Each image gives 2 * grid^2 crops of the model's crop size; the crops of all the images go through
+    the net in batches of `max_batch`, and each image's crop posteriors are averaged.
+    """
+    _check_eval(model)
+    per_image = 2 * grid * grid
+    if not images:
+        return torch.empty(0, model.num_classes)
+    crops = torch.cat([multi_crop_views(img, model.crop_size, grid) for img in images])
+    probs = torch.cat([model(chunk).float().softmax(dim=1) for chunk in crops.split(max_batch)])
+    return probs.view(len(images), per_image, -1).mean(dim=1)
+
+
+def _check_eval(model: VGG) -> None:
+    if model.training:
+        raise ValueError("the model is in training mode (dropout on): call model.eval() before evaluating")
+
+
+def evaluate_images(model: VGG, images: Sequence[np.ndarray], methods: Iterable[str], mean_rgb,
+                    std_rgb=None, max_batch: int = 250) -> dict[str, torch.Tensor]:
+    """Posteriors [N, classes] per method (`dense`, `multi-crop`) for uint8 HWC images already rescaled
+    to one test scale Q. The model sits on its device; results come back on the CPU in input order.
+
+    `max_batch` bounds a forward pass in crop-sized units: dense batches hold about max_batch crops'
+    worth of pixels (flips included), multi-crop batches about max_batch crops.
+    """
+    methods = list(methods)
+    for m in methods:
+        if m not in NETWORK_METHODS:
+            raise ValueError(f"method {m!r}: expected one of {', '.join(NETWORK_METHODS)}")
+    device = next(model.parameters()).device
+    mean = torch.as_tensor(mean_rgb, dtype=torch.float32, device=device)
+    std = None if std_rgb is None else torch.as_tensor(std_rgb, dtype=torch.float32, device=device)
+
+    def normalised(idx: Sequence[int]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack([images[i] for i in idx])).to(device)
+        return to_float_nchw(batch, mean, std)
+
+    out: dict[str, torch.Tensor] = {}
+    if DENSE in methods:
+        dense = torch.empty(len(images), model.num_classes)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            by_shape.setdefault(img.shape, []).append(i)
+        for (h, w, _), idx in by_shape.items():
+            per_batch = max(1, max_batch * model.crop_size ** 2 // (2 * h * w))
+            for k in range(0, len(idx), per_batch):
+                chunk = idx[k:k + per_batch]
+                dense[chunk] = dense_posteriors(model, normalised(chunk)).cpu()
+        out[DENSE] = dense
+    if MULTI_CROP in methods:
+        # Normalise a few images at a time so about max_batch crops sit on the device at once.
+        per_chunk = max(1, max_batch // (2 * GRID * GRID))
+        parts = [multi_crop_posteriors(model, [normalised([i])[0] for i in range(k, min(k + per_chunk, len(images)))],
+                                       max_batch=max_batch).cpu()
+                 for k in range(0, len(images), per_chunk)]
+        out[MULTI_CROP] = torch.cat(parts) if parts else torch.empty(0, model.num_classes)
+    return out
+
+
+# ---- combining posteriors and scoring them ----------------------------------------------------------
+
+def average(posteriors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean of equally shaped posteriors: §3.2's rule for flips, crops, scales, methods and models."""
+    if not posteriors:
+        raise ValueError("nothing to average")
+    shapes = {tuple(p.shape) for p in posteriors}
+    if len(shapes) != 1:
+        raise ValueError(f"posteriors of different shapes cannot be averaged: {sorted(shapes)}")
+    return torch.stack([torch.as_tensor(p, dtype=torch.float32) for p in posteriors]).mean(dim=0)
+
+
+def multi_crop_and_dense(dense: torch.Tensor, multi_crop: torch.Tensor) -> torch.Tensor:
+    """§3.2 / Table 5: the two methods are complementary; their posteriors are averaged."""
+    return average([dense, multi_crop])
+
+
+def fusion(per_model: Sequence[torch.Tensor]) -> torch.Tensor:
+    """§3.2 / Table 6, ConvNet fusion: the posteriors of several models averaged."""
+    return average(per_model)
+
+
+def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [N]: the true class is among the k most probable (all classes count when k >= classes)."""
+    k = min(k, probs.shape[1])
+    return (probs.topk(k, dim=1).indices == labels.view(-1, 1)).any(dim=1)
+
+
+def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(top-1 error, top-5 error) in percent."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if probs.shape[0] != labels.shape[0] or probs.shape[0] == 0:
+        raise ValueError(f"{probs.shape[0]} posteriors for {labels.shape[0]} labels: need equal, non-zero counts")
+    return tuple(100.0 * (1.0 - topk_correct(probs, labels, k).float().mean().item()) for k in (1, 5))
+
+
+# ---- test scales ---------------------------------------------------------------------------------
+
+def train_scale_of(config: Mapping | None) -> tuple[int, int] | None:
+    """S (or [S_min, S_max]) in paper units from a saved TrainConfig dict; None when it has none."""
+    if not config or config.get("train_scale") is None:
+        return None
+    return parse_scale(config["train_scale"])
+
+
+def test_scales(config: Mapping | None, override: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The Q set (paper units) a model is evaluated at: `override` (--scales) when given, else §3.2's
+    default from its training scale: {S-32, S, S+32} for fixed S, {S_min, (S_min+S_max)/2, S_max}
+    for jittered S."""
+    if override:
+        scales = tuple(int(q) for q in override)
+        bad = [q for q in scales if q < 224]
+        if bad:
+            raise ValueError(f"--scales {','.join(map(str, scales))}: Q must be >= 224 (the crop, in paper units)")
+        return tuple(sorted(set(scales)))
+    return tuple(default_test_scales(train_scale_of(config) or FALLBACK_TRAIN_SCALE))
+
+
+def scales_px(scales: Sequence[int], crop_size: int) -> tuple[int, ...]:
+    """Paper-unit Q values in pixels for a model of this crop size (crop 32: Q = 256 -> 37 px)."""
+    return tuple(scale_to_px(q, crop_size) for q in scales)
+
+
+# ---- collecting the pieces of a fan-out -----------------------------------------------------------
+
+class PosteriorTable:
+    """Collects per-slice results of one evaluation and checks that every image is seen exactly once per
+    (model, method, Q). Keeps, per (model, method), the running sum over Q of the posteriors (one
+    [N, classes] array, not one per Q) and, per Q, whether each image's top-1/top-5 was right.
+    """
+
+    def __init__(self, n_images: int, scales: Mapping[str, Sequence[int]], methods: Sequence[str],
+                 num_classes: int):
+        self.n, self.num_classes = n_images, num_classes
+        self.scales = {m: tuple(s) for m, s in scales.items()}
+        self.methods = [m for m in NETWORK_METHODS if m in methods]
+        self.keys: list[str | None] = [None] * n_images
+        self.labels = np.full(n_images, -1, dtype=np.int64)
+        self.bad = np.zeros(n_images, dtype=bool)  # undecodable images: counted, then left out
+        self.seen = {(m, meth, q): np.zeros(n_images, dtype=np.int32)
+                     for m, qs in self.scales.items() for meth in self.methods for q in qs}
+        self.sums = {(m, meth): np.zeros((n_images, num_classes), dtype=np.float32)
+                     for m in self.scales for meth in self.methods}
+        self.hits = {(m, meth, q, k): np.zeros(n_images, dtype=bool) for (m, meth, q) in self.seen for k in (1, 5)}
+
+    def add(self, model: str, method: str, scale: int, start: int, keys: Sequence[str], labels,
+            probs: np.ndarray, bad: Sequence[int] = ()) -> None:
+        """One slice [start, start + len(keys)) of the images, evaluated by one model at one Q."""
+        where = (model, method, scale)
+        if where not in self.seen:
+            raise KeyError(f"unexpected piece {where}: planned are {sorted(self.seen)}")
+        stop = start + len(keys)
+        if start < 0 or stop > self.n or probs.shape != (len(keys), self.num_classes):
+            raise ValueError(f"piece {where} rows [{start}, {stop}) with probs {probs.shape}: outside the "
+                             f"{self.n} images or not [rows, {self.num_classes}]")
+        seen = self.seen[where][start:stop]
+        if seen.any():
+            raise RuntimeError(f"piece {where} rows [{start}, {stop}): some images were already counted "
+                               f"(a retried piece delivered twice?)")
+        labels = np.asarray(labels, dtype=np.int64)
+        for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
+            row = start + i
+            if self.keys[row] is None:
+                self.keys[row], self.labels[row] = key, label
+            elif self.keys[row] != key or self.labels[row] != label:
+                raise RuntimeError(f"row {row}: {key!r}/{label} here, {self.keys[row]!r}/{self.labels[row]} "
+                                   f"in another piece: the shards changed during the evaluation?")
+        seen += 1
+        if len(bad):
+            self.bad[start + np.asarray(bad)] = True
+        self.sums[model, method][start:stop] += probs
+        t_probs, t_labels = torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(labels)
+        for k in (1, 5):
+            self.hits[model, method, scale, k][start:stop] = topk_correct(t_probs, t_labels, k).numpy()
+
+    def check_complete(self) -> None:
+        for where, seen in self.seen.items():
+            if not (seen == 1).all():
+                missing, twice = int((seen == 0).sum()), int((seen > 1).sum())
+                raise RuntimeError(f"{where}: {missing} images never evaluated, {twice} more than once")
+
+    @property
+    def good(self) -> np.ndarray:
+        return ~self.bad
+
+    def posteriors(self, model: str, method: str) -> torch.Tensor:
+        """Multi-scale posteriors [N_good, classes] of one model: the mean over its Q set (§3.2)."""
+        if method == BOTH:
+            return multi_crop_and_dense(self.posteriors(model, DENSE), self.posteriors(model, MULTI_CROP))
+        return torch.from_numpy(self.sums[model, method][self.good] / len(self.scales[model]))
+
+    def single_scale_errors(self, model: str, method: str, scale: int) -> tuple[float, float]:
+        good = self.good
+        if not good.any():
+            raise RuntimeError("no image could be decoded")
+        return tuple(100.0 * (1.0 - self.hits[model, method, scale, k][good].mean()) for k in (1, 5))
+
+    def good_labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.labels[self.good])
+
+    def good_keys(self) -> list[str]:
+        return [k for k, ok in zip(self.keys, self.good, strict=True) if ok]
+
+
+def available_methods(methods: Sequence[str]) -> list[str]:
+    """The reported methods: those run, plus multi-crop+dense whenever both were run."""
+    ran = [m for m in NETWORK_METHODS if m in methods]
+    return ran + ([BOTH] if len(ran) == 2 else [])
+
+
+def result_rows(table: PosteriorTable) -> list[dict]:
+    """Rows for results.json: each model alone at each single Q (Table 3) and over its Q set (Tables 4-5),
+    per method; and every fusion of two or more models over their Q sets (Table 6)."""
+    names = list(table.scales)
+    labels = table.good_labels()
+    n_good, n_bad = int(table.good.sum()), int(table.bad.sum())
+
+    def row(models, method, errs):
+        scales = sorted({q for m in models for q in table.scales[m]})
+        return {"models": list(models), "method": method, "scales": scales,
+                "model_scales": {m: list(table.scales[m]) for m in models},
+                "top1_err": round(errs[0], 4), "top5_err": round(errs[1], 4),
+                "n_images": n_good, "n_skipped": n_bad}
+
+    rows = []
+    methods = available_methods(table.methods)
+    for name in names:
+        qs = table.scales[name]
+        if len(qs) > 1:
+            for method in table.methods:
+                for q in qs:
+                    rows.append({**row([name], method, table.single_scale_errors(name, method, q)),
+                                 "scales": [q], "model_scales": {name: [q]}})
+        for method in methods:
+            rows.append(row([name], method, topk_errors(table.posteriors(name, method), labels)))
+    for size in range(2, len(names) + 1):
+        for group in itertools.combinations(names, size):
+            for method in methods:
+                fused = fusion([table.posteriors(m, method) for m in group])
+                rows.append(row(group, method, topk_errors(fused, labels)))
+    return rows
+
+
+# ---- results.md in the layout of Tables 3-6 -----------------------------------------------------
+
+def _s(train_scale) -> str:
+    if not train_scale:
+        return "-"
+    lo, hi = train_scale
+    return str(lo) if lo == hi else f"[{lo};{hi}]"
+
+
+def _q(scales) -> str:
+    return ",".join(str(q) for q in scales)
+
+
+def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title: str = "") -> str:
+    """Markdown tables in the paper's layout. `meta[name]` has `arch` and `train_scale` (or None)."""
+    def err(r):
+        return f"{r['top1_err']:.1f}", f"{r['top5_err']:.1f}"
+
+    def model_cells(name):
+        return f"{name} | {meta[name].get('arch', '?')} | {_s(meta[name].get('train_scale'))}"
+
+    single = [r for r in rows if len(r["models"]) == 1]
+    full = [r for r in single if r["scales"] == list(meta[r["models"][0]]["scales"])]
+    lines = [f"# {title or 'Evaluation'}", ""]
+    n = rows[0]["n_images"] if rows else 0
+    skipped = rows[0].get("n_skipped", 0) if rows else 0
+    lines += [f"{n} validation images" + (f" ({skipped} undecodable, left out)" if skipped else "")
+              + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop).", ""]
+
+    per_q = [r for r in single if len(r["scales"]) == 1]
+    if per_q:
+        lines += ["## Single test scale (layout of Table 3)", "",
+                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
+                  for r in per_q]
+        lines.append("")
+    multi = [r for r in full if r["method"] != BOTH and len(r["scales"]) > 1]
+    if multi:
+        lines += ["## Multiple test scales (layout of Table 4)", "",
+                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
+                  for r in multi]
+        lines.append("")
+    methods = [m for m in METHODS if any(r["method"] == m for r in full)]
+    if full:
+        lines += ["## Evaluation methods (layout of Table 5)", "",
+                  "| model | arch | S | Q | " + " | ".join(m.replace("+", " & ") for m in methods) + " |",
+                  "|---|---|---|---|" + "---|" * len(methods)]
+        for name in meta:
+            cells = {r["method"]: "{} / {}".format(*err(r)) for r in full if r["models"] == [name]}
+            lines.append(f"| {model_cells(name)} | {_q(meta[name]['scales'])} | "
+                         + " | ".join(cells.get(m, "-") for m in methods) + " |")
+        lines.append("")
+    fused = [r for r in rows if len(r["models"]) > 1]
+    if fused:
+        lines += ["## ConvNet fusion (layout of Table 6)", "",
+                  "| models | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|"]
+        lines += [f"| {' + '.join(r['models'])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
+                  for r in fused]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def model_meta(info: Mapping, scales: Sequence[int]) -> dict:
+    """What results.md shows of a model: arch, training scale S (None for torchvision weights), Q set."""
+    cfg = info.get("config") or {}
+    ts = train_scale_of(cfg)
+    return {"arch": info.get("arch"), "train_scale": list(ts) if ts else None, "scales": list(scales),
+            "crop_size": int(cfg.get("crop_size", 224)), "preset": cfg.get("preset")}

@@ -1,0 +1,72 @@
+"""Per-epoch outputs of a run: metrics.csv, curves.png and TensorBoard events. Pure Python, no Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images"]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """The whole history each time (it is tiny), so the file always matches the last checkpoint."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    _write_atomic(Path(path), buf.getvalue().encode())
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)]
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
+    """Top-1/top-5 validation error (%) and the learning rate (log scale) against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(epochs, [r["top1_err"] for r in rows], "o-", label="top-1 error")
+    ax.plot(epochs, [r["top5_err"] for r in rows], "s-", label="top-5 error")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation error (%)")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.step(epochs, [r["lr"] for r in rows], "k--", where="post", alpha=0.6, label="learning rate")
+    lr_ax.set_yscale("log")
+    lr_ax.set_ylabel("learning rate")
+    lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _write_atomic(Path(path), buf.getvalue())
+
+
+def log_tensorboard(logdir: str | os.PathLike, row: dict) -> None:
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(logdir)) as w:
+        for k in COLUMNS[1:]:
+            if k in row:
+                w.add_scalar(k, row[k], row["epoch"])

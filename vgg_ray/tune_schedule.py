@@ -1,0 +1,73 @@
+"""The plateau schedule decided in the Ray Tune driver and read by every training rank.
+
+Each epoch, rank 0's reduced validation accuracy travels Train -> TuneReportCallback -> Tune driver, where
+`PlateauCallback.on_trial_result` feeds it to the rule. The decision reaches the workers through a named
+actor, `ScheduleBoard`, which every rank asks for "the rate after epoch e" before epoch e+1; the call
+returns once the Tune callback has decided, so all ranks switch rate at the same epoch. Replays are
+idempotent (a restarted worker group reports an epoch again), and workers seed the board from their
+checkpoint, so a resubmitted run (new driver, new board) continues the schedule where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+from ray import tune
+
+from vgg_ray.schedule import PlateauSchedule
+
+BOARD_NAME = "vgg_ray_schedule_board"
+BOARD_NAMESPACE = "vgg_ray"
+
+
+@ray.remote(num_cpus=0)
+class ScheduleBoard:
+    def __init__(self):
+        self._states: dict[str, PlateauSchedule] = {}
+        self._changed = asyncio.Condition()
+
+    async def seed(self, key: str, state: dict) -> dict:
+        """Install a schedule (from a checkpoint or a fresh run) unless the board already knows a later one."""
+        async with self._changed:
+            cur = self._states.get(key)
+            if cur is None or state["last_epoch"] > cur.last_epoch:
+                self._states[key] = PlateauSchedule.from_state(state)
+                self._changed.notify_all()
+            return self._states[key].state_dict()
+
+    async def observe(self, key: str, epoch: int, top1_acc: float) -> dict:
+        async with self._changed:
+            if key not in self._states:
+                raise KeyError(f"no schedule seeded for {key!r}")
+            self._states[key].observe(epoch, top1_acc)
+            self._changed.notify_all()
+            return self._states[key].state_dict()
+
+    async def after_epoch(self, key: str, epoch: int) -> dict:
+        """The schedule once epoch `epoch` has been observed (waits for the Tune callback)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: key in self._states and self._states[key].last_epoch >= epoch)
+            return self._states[key].state_dict()
+
+    async def get(self, key: str) -> dict | None:
+        s = self._states.get(key)
+        return None if s is None else s.state_dict()
+
+
+def board():
+    """The board of this Ray job, created on first use (by the driver, before the trials start)."""
+    return ScheduleBoard.options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True).remote()
+
+
+class PlateauCallback(tune.Callback):
+    """§3.1 in the Tune driver: each trial result carries `epoch` and `top1_acc` (reduced over ranks)."""
+
+    def __init__(self, key_of_trial=lambda trial: trial.config["key"]):
+        self._key_of_trial = key_of_trial
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "top1_acc" not in result or "epoch" not in result:
+            return
+        ray.get(board().observe.remote(self._key_of_trial(trial), int(result["epoch"]),
+                                       float(result["top1_acc"])))
