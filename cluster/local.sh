@@ -20,6 +20,42 @@ setup() {
   "$venv/bin/python" -c "import vgg_ray, ray, torch" || { echo "set-up failed: see pip's output above" >&2; exit 1; }
 }
 
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+demo() {
+  export PATH="$venv/bin:$PATH"  # the head's workers and the jobs' drivers run this venv's python
+  # Token authentication on (Ray 2.60's default, made explicit): the head and `ray job submit` read the
+  # token from ~/.ray/auth_token, which the head creates on first start.
+  export RAY_AUTH_MODE=token
+  local port dash runs head_pid logdir
+  port=$(free_port); dash=$(free_port)
+  runs=${VGG_RAY_DEMO_RUNS:-$root/runs}
+  logdir=$(mktemp -d /tmp/vgg_ray_demo.XXXXXX)
+  # --block keeps the head in the foreground of this background process: stopping that PID stops exactly
+  # the head this script started, and nothing else running on the machine.
+  ray start --head --block --port="$port" --dashboard-host=127.0.0.1 --dashboard-port="$dash" \
+    --num-cpus=8 --include-dashboard=true >"$logdir/head.log" 2>&1 &
+  head_pid=$!
+  trap 'kill -TERM '"$head_pid"' 2>/dev/null; wait '"$head_pid"' 2>/dev/null; echo "stopped the local Ray head (pid '"$head_pid"')"' EXIT
+  export RAY_ADDRESS="http://127.0.0.1:$dash"
+  for _ in $(seq 120); do
+    ray job list >/dev/null 2>&1 && break
+    kill -0 "$head_pid" 2>/dev/null || { cat "$logdir/head.log"; echo "the Ray head did not start" >&2; exit 1; }
+    sleep 1
+  done
+  echo "Ray head up; dashboard on $RAY_ADDRESS (127.0.0.1 only)"
+  local env='{"working_dir": ".", "excludes": [".venv/", ".git/", "runs/", "results/", ".cache/", ".whl/"]}'
+  # The smoke preset (1/16 width, 32-pixel crops) on the demo data, two configurations side by side.
+  ray job submit --runtime-env-json "$env" -- python jobs/train.py --arch A,B --preset smoke \
+    --data demo --cpu --workers 2 --storage "$runs" --name demo "$@"
+  ray job submit --runtime-env-json "$env" -- python jobs/eval_ensemble.py --data demo \
+    --model "A=$runs/demo/A" --model "B=$runs/demo/B" --out "$runs/demo/eval"
+  echo
+  echo "metrics:  $runs/demo/A/metrics.csv  $runs/demo/B/metrics.csv"
+  echo "curves:   $runs/demo/A/curves.png   $runs/demo/B/curves.png"
+  echo "results:  $runs/demo/eval/results.md ($runs/demo/eval/results.json, posteriors in $runs/demo/eval/posteriors/)"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -30,7 +66,7 @@ case "$cmd" in
     ;;
   demo)
     setup
-    exec "$venv/bin/python" "$root/cluster/demo.py" "$@"
+    demo "$@"
     ;;
   *)
     echo "usage: bash cluster/local.sh {test|demo} [extra args]" >&2

@@ -31,13 +31,13 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parser.parse_args(argv)
     archs = parse_archs(args.arch)
     try:
-        cfg = from_args(args, arch=archs[0])
+        cfgs = [from_args(args, arch=a) for a in archs]
     except ValueError as e:  # every flag is checked before any work starts
         parser.error(str(e))
 
     from vgg_ray.trainer import train  # imports Ray: after the flags are known to be good
 
-    runs = train(cfg, archs)
+    runs = train(cfgs)
     for arch, run_dir in runs.items():
         print(f"{arch}: metrics {run_dir}/metrics.csv, curves {run_dir}/curves.png, best weights "
               f"{run_dir}/best.pt, TensorBoard {run_dir}/tensorboard")

@@ -56,21 +56,28 @@ def _load(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable weights file ({e})") from e
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A run directory means its best.pt; a file is itself."""
+def resolve_source(source: str | os.PathLike, arch: str | None = None) -> Path:
+    """A file is itself; a run directory means its best.pt; an experiment directory (jobs/train.py's
+    <storage>/<name>, one run per arch) means <arch>/best.pt, so `--init from:runs/paper-S256` gives each
+    configuration its own S=256 net (§3.1: S=384 from S=256, jittered from S=384)."""
     p = Path(source)
-    if p.is_dir():
-        if (p / BEST).is_file():
-            return p / BEST
-        raise FileNotFoundError(f"{p}: a run directory holds {BEST} after its first epoch; none here")
-    if not p.is_file():
+    if p.is_file():
+        return p
+    if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such checkpoint file or run directory")
-    return p
+    if (p / BEST).is_file():
+        return p / BEST
+    if arch is not None and (p / arch / BEST).is_file():
+        return p / arch / BEST
+    runs = sorted(d.name for d in p.iterdir() if (d / BEST).is_file())
+    hint = f" (it holds runs of {', '.join(runs)}; name one, e.g. {p / runs[0]})" if runs else ""
+    raise FileNotFoundError(f"{p}: no {BEST} here{' nor in ' + arch + '/' if arch else ''}{hint}; a run "
+                            f"directory holds {BEST} after its first epoch")
 
 
 def load_model(source: str | os.PathLike, arch: str | None = None, map_location="cpu") -> tuple[VGG, dict]:
     """Build the model a source describes and load its weights; `info` holds arch, config, normalisation."""
-    path = resolve_source(source)
+    path = resolve_source(source, arch)
     blob = _load(path)
     if "model" in blob and "arch" in blob:
         cfg = blob.get("config") or {}

@@ -8,7 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images"]
+COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images",
+           "started_at_epoch"]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

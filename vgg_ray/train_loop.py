@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from vgg_ray import data as vdata
 from vgg_ray import metrics as vmetrics
-from vgg_ray.checkpoints import load_model, model_record, save_atomic
+from vgg_ray.checkpoints import load_model, model_record, resolve_source, save_atomic
 from vgg_ray.config import TrainConfig
 from vgg_ray.models import build_vgg, transfer_init
 from vgg_ray.schedule import PlateauSchedule
@@ -33,7 +33,9 @@ from vgg_ray.transforms import colour_shift, to_float_nchw
 from vgg_ray.tune_schedule import board
 
 SCHEDULE_TIMEOUT_S = 1800  # the Tune driver decides within seconds; this only turns a lost driver into an error
-CRASH_ENV = "VGG_RAY_CRASH_AFTER_EPOCH"  # "EPOCH:MARKER_FILE": fault injection for the restart test
+# "EPOCH:MARKER_FILE" in the driver's environment: one worker process exits after that epoch (once, while
+# the marker file does not exist). Fault injection for the restart test; the trainer forwards it.
+CRASH_ENV = "VGG_RAY_CRASH_AFTER_EPOCH"
 
 
 def _load_checkpoint(model, cfg: TrainConfig):
@@ -51,9 +53,8 @@ def _load_checkpoint(model, cfg: TrainConfig):
     return history[-1]["epoch"] + 1, history, sched, state["optimizer"]
 
 
-def _maybe_crash(epoch: int, rank: int) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec or rank != min(1, dist.get_world_size() - 1 if dist.is_initialized() else 0):
+def _maybe_crash(spec: str | None, epoch: int, rank: int, world: int) -> None:
+    if not spec or rank != world - 1:
         return
     at, marker = spec.split(":", 1)
     if epoch == int(at) and not os.path.exists(marker):
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, history, opt_state = 0, [], None
         sched = PlateauSchedule(lr=cfg.lr, patience=cfg.plateau_patience, max_decreases=cfg.max_lr_decreases)
         if cfg.init.startswith("from:"):
-            source, _ = load_model(cfg.init[len("from:"):])
+            source, _ = load_model(resolve_source(cfg.init[len("from:"):], cfg.arch))
             copied = transfer_init(model, source)
             if rank == 0:
                 print(f"[{cfg.arch}] initialised {', '.join(copied)} from {cfg.init[5:]} (§3.1)")
@@ -156,7 +157,8 @@ def train_loop_per_worker(config: dict) -> None:
         row = {"epoch": epoch, "lr": sched.lr, "train_loss": loss_sum / max(seen, 1),
                "top1_err": 100 * (1 - c1 / n_val), "top5_err": 100 * (1 - c5 / n_val),
                "top1_acc": c1 / n_val, "images_per_s": seen / train_s, "epoch_s": time.perf_counter() - t0,
-               "n_val": int(n_val), "corrupt_images": vdata.corrupt_count()}
+               "n_val": int(n_val), "corrupt_images": vdata.corrupt_images()["count"],
+               "started_at_epoch": start_epoch}
         history.append(row)
 
         checkpoint, tmp = None, None
@@ -179,7 +181,7 @@ def train_loop_per_worker(config: dict) -> None:
                 import shutil
 
                 shutil.rmtree(tmp)
-        _maybe_crash(epoch, rank)
+        _maybe_crash(config.get("crash"), epoch, rank, world)
 
 
 def _write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: dict, key: str) -> None:

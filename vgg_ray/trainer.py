@@ -10,6 +10,9 @@ checkpoint, schedule included; finished configurations return at once.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import ray
 import ray.train
 from ray import tune
@@ -18,9 +21,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from vgg_ray import data as vdata
 from vgg_ray.config import TrainConfig
-from vgg_ray.storage import absolute, join
-from vgg_ray.train_loop import train_loop_per_worker
+from vgg_ray.storage import absolute, exists, join, publish_dir
+from vgg_ray.train_loop import CRASH_ENV, train_loop_per_worker
 from vgg_ray.tune_schedule import PlateauCallback, board
+
+DONE = "done.json"  # written into a configuration's run directory once its training has ended
 
 
 def connect(num_cpus: int = 8) -> None:
@@ -40,7 +45,7 @@ def _trial(config: dict) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
-                           "key": arch_dir},
+                           "key": arch_dir, "crash": config.get("crash")},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=config["use_gpu"]),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
@@ -53,34 +58,50 @@ def _trial(config: dict) -> None:
     trainer.fit()
 
 
-def train(cfg: TrainConfig, archs: list[str]) -> dict[str, str]:
-    """Train each configuration in `archs` with `cfg`; returns {arch: run directory}."""
+def train(cfgs: list[TrainConfig]) -> dict[str, str]:
+    """Train each configuration (one Tune trial each, concurrently as resources allow); all share
+    --storage, --name and --data. Returns {arch: run directory}."""
+    first = cfgs[0]
+    if len({c.arch for c in cfgs}) != len(cfgs) or any(
+            (c.storage, c.name, c.data, c.workers) != (first.storage, first.name, first.data, first.workers)
+            for c in cfgs):
+        raise ValueError("one training run takes each arch once, with one --storage, --name, --data, --workers")
     connect()
-    root = vdata.resolve_data(cfg.data)
-    exp_dir = join(absolute(cfg.storage), cfg.name)
+    root = vdata.resolve_data(first.data)
+    exp_dir = join(absolute(first.storage), first.name)
     gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = bool(gpus) and not cfg.cpu
-    if use_gpu and gpus < cfg.workers:
-        raise ValueError(f"--workers {cfg.workers}: the cluster has {gpus:g} GPUs (use --cpu to train on CPU)")
+    use_gpu = bool(gpus) and not first.cpu
+    if use_gpu and gpus < first.workers:
+        raise ValueError(f"--workers {first.workers}: the cluster has {gpus:g} GPUs (--cpu trains on CPU)")
     slots = gpus if use_gpu else ray.cluster_resources().get("CPU", 1) // 2  # half the CPUs for Ray Data
     board()  # the driver owns the schedule board; trials and workers find it by name
+    archs = [c.arch for c in cfgs]
     space = {
-        "cfg": tune.grid_search([cfg.replace(arch=a).to_dict() for a in archs]),
-        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu,
+        "cfg": tune.grid_search([c.to_dict() for c in cfgs]),
+        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "crash": os.environ.get(CRASH_ENV),
     }
     tuner = tune.Tuner(
-        # The trial function only drives a TorchTrainer, whose workers request their own CPUs/GPUs.
-        tune.with_resources(_trial, {"cpu": 0}),
+        # The trial function only drives a TorchTrainer, whose workers request their own CPUs/GPUs
+        # (Tune refuses an empty request, hence a token 0.01 CPU).
+        tune.with_resources(_trial, {"cpu": 0.01}),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // cfg.workers))),
-        run_config=tune.RunConfig(name="tune", storage_path=exp_dir,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // first.workers))),
+        run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
                                   callbacks=[PlateauCallback(key_of_trial=_key)], verbose=1),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(archs)} trainings failed; first: {errors[0]}")
-    return {a: join(exp_dir, a) for a in archs}
+    runs = {a: join(exp_dir, a) for a in archs}
+    for run_dir in runs.values():  # what jobs/reproduce.py looks for to skip a finished stage
+        with publish_dir(run_dir) as out:
+            (Path(out) / DONE).write_text("{}\n")
+    return runs
+
+
+def is_done(run_dir: str) -> bool:
+    return exists(join(run_dir, DONE))
 
 
 def _key(trial) -> str:

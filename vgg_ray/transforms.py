@@ -91,9 +91,13 @@ def colour_shift(x: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor, st
     """§3.1 / AlexNet's PCA colour augmentation: add sum_i alpha_i * lambda_i * p_i to every pixel.
 
     eigval [3] and eigvec [3, 3] (columns are the p_i) come from the training set's RGB covariance in
-    0-255 units; alpha_i ~ N(0, std) is drawn once per image per pass.
+    0-255 units; alpha_i ~ N(0, std) is drawn once per image per pass. The rule is not scale-free
+    (lambda is a variance): like AlexNet and its re-implementations it is applied to pixels in [0, 1],
+    i.e. lambda_01 = lambda / 255^2, and the shift is scaled back to 0-255 levels. On ImageNet that is
+    a shift of a few levels (lambda_01 ~ 0.2 -> 0.02 * 255 ~ 5), not hundreds.
     """
     n = x.shape[0]
     alpha = torch.randn(n, 3, generator=generator, device="cpu").to(x.device) * std
-    shift = (alpha * eigval.to(x.device)) @ eigvec.to(x.device).T  # [n, 3]: eigvec @ (alpha * lambda)
+    lam01 = eigval.to(x.device) / 255.0**2
+    shift = 255.0 * (alpha * lam01) @ eigvec.to(x.device).T  # [n, 3]: eigvec @ (alpha * lambda), in levels
     return x + shift.view(n, 3, 1, 1).to(x.dtype)
