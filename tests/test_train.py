@@ -38,7 +38,7 @@ def test_two_epoch_run_writes_every_output(run_a):
     rows = read_metrics_csv(run_a / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
-        assert r["lr"] == pytest.approx(0.05) and 0 <= r["top1_err"] <= 100 and r["top5_err"] <= r["top1_err"]
+        assert r["lr"] == pytest.approx(0.01) and 0 <= r["top1_err"] <= 100 and r["top5_err"] <= r["top1_err"]
         assert r["train_loss"] > 0 and r["images_per_s"] > 0 and r["epoch_s"] > 0
     assert (run_a / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert list((run_a / "tensorboard").glob("events.out.tfevents.*"))

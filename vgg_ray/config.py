@@ -154,7 +154,7 @@ PRESETS: dict[str, dict] = {
     # 1/16 of the channels, FC width 64, 32-pixel crops: the paper's geometry scaled by 32/224, so
     # S = 256 -> 37 px and [256, 512] -> [37, 73] px. A small batch gives a few hundred demo images
     # enough SGD steps per epoch.
-    "smoke": {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "batch_size": 32, "lr": 0.05,
+    "smoke": {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "batch_size": 32, "lr": 0.01,
               "max_epochs": 15, "plateau_patience": 2},
 }
 

@@ -29,7 +29,7 @@ GRID = 5  # §3.2: a 5x5 regular grid of crops per scale, each also flipped: 50 
 FALLBACK_TRAIN_SCALE = (256, 256)
 
 
-# ---- the two evaluation methods -------------------------------------------------------------------
+# ---- the two evaluation methods ----
 
 def grid_positions(height: int, width: int, crop: int, grid: int = GRID) -> list[tuple[int, int]]:
     """(top, left) of the grid x grid crops, row by row: evenly spaced from the image's top-left corner
@@ -56,7 +56,9 @@ def dense_posteriors(model: VGG, images: torch.Tensor) -> torch.Tensor:
     """§3.2 dense evaluation of a batch of equally sized, normalised images [N, 3, H, W] -> [N, classes].
 
     Each image and its mirror image go through the fully convolutional net once, whole; the class score
-    map is averaged over its h x w positions, soft-maxed, and the two posteriors averaged.
+    map is averaged over its h x w positions, soft-maxed, and the two posteriors averaged. The paper says
+    "averaged (sum-pooled)": a sum would sharpen the soft-max by h*w, more at larger Q; the mean keeps
+    one temperature at every Q and makes dense on a crop-sized image the crop's own posterior.
     """
     _check_eval(model)
     n = images.shape[0]
@@ -121,14 +123,15 @@ def evaluate_images(model: VGG, images: Sequence[np.ndarray], methods: Iterable[
     if MULTI_CROP in methods:
         # Normalise a few images at a time so about max_batch crops sit on the device at once.
         per_chunk = max(1, max_batch // (2 * GRID * GRID))
-        parts = [multi_crop_posteriors(model, [normalised([i])[0] for i in range(k, min(k + per_chunk, len(images)))],
-                                       max_batch=max_batch).cpu()
-                 for k in range(0, len(images), per_chunk)]
+        parts = []
+        for k in range(0, len(images), per_chunk):
+            chunk = [normalised([i])[0] for i in range(k, min(k + per_chunk, len(images)))]
+            parts.append(multi_crop_posteriors(model, chunk, max_batch=max_batch).cpu())
         out[MULTI_CROP] = torch.cat(parts) if parts else torch.empty(0, model.num_classes)
     return out
 
 
-# ---- combining posteriors and scoring them ----------------------------------------------------------
+# ---- combining posteriors and scoring them ----
 
 def average(posteriors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The mean of equally shaped posteriors: §3.2's rule for flips, crops, scales, methods and models."""
@@ -164,7 +167,7 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float
     return tuple(100.0 * (1.0 - topk_correct(probs, labels, k).float().mean().item()) for k in (1, 5))
 
 
-# ---- test scales ---------------------------------------------------------------------------------
+# ---- test scales ----
 
 def train_scale_of(config: Mapping | None) -> tuple[int, int] | None:
     """S (or [S_min, S_max]) in paper units from a saved TrainConfig dict; None when it has none."""
@@ -173,7 +176,7 @@ def train_scale_of(config: Mapping | None) -> tuple[int, int] | None:
     return parse_scale(config["train_scale"])
 
 
-def test_scales(config: Mapping | None, override: Sequence[int] | None = None) -> tuple[int, ...]:
+def resolve_test_scales(config: Mapping | None, override: Sequence[int] | None = None) -> tuple[int, ...]:
     """The Q set (paper units) a model is evaluated at: `override` (--scales) when given, else §3.2's
     default from its training scale: {S-32, S, S+32} for fixed S, {S_min, (S_min+S_max)/2, S_max}
     for jittered S."""
@@ -191,7 +194,7 @@ def scales_px(scales: Sequence[int], crop_size: int) -> tuple[int, ...]:
     return tuple(scale_to_px(q, crop_size) for q in scales)
 
 
-# ---- collecting the pieces of a fan-out -----------------------------------------------------------
+# ---- collecting the pieces of a fan-out ----
 
 class PosteriorTable:
     """Collects per-slice results of one evaluation and checks that every image is seen exactly once per
@@ -239,7 +242,7 @@ class PosteriorTable:
         if len(bad):
             self.bad[start + np.asarray(bad)] = True
         self.sums[model, method][start:stop] += probs
-        t_probs, t_labels = torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(labels)
+        t_probs, t_labels = torch.tensor(probs, dtype=torch.float32), torch.tensor(labels)
         for k in (1, 5):
             self.hits[model, method, scale, k][start:stop] = topk_correct(t_probs, t_labels, k).numpy()
 
@@ -311,7 +314,7 @@ def result_rows(table: PosteriorTable) -> list[dict]:
     return rows
 
 
-# ---- results.md in the layout of Tables 3-6 -----------------------------------------------------
+# ---- results.md in the layout of Tables 3-6 ----
 
 def _s(train_scale) -> str:
     if not train_scale:

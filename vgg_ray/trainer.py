@@ -21,22 +21,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from vgg_ray import data as vdata
 from vgg_ray.config import TrainConfig
+from vgg_ray.session import connect
 from vgg_ray.storage import absolute, exists, join, publish_dir
 from vgg_ray.train_loop import CRASH_ENV, train_loop_per_worker
 from vgg_ray.tune_schedule import PlateauCallback, board
 
 DONE = "done.json"  # written into a configuration's run directory once its training has ended
-
-
-def connect(num_cpus: int = 8) -> None:
-    """Join the cluster when there is one (a submitted job, RAY_ADDRESS, a running head); else start Ray
-    locally with more logical CPUs than train workers, so Ray Data's tasks are never starved."""
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
-        ray.init(num_cpus=num_cpus)
 
 
 def _trial(config: dict) -> None:
