@@ -1,0 +1,48 @@
+"""The whole paper in one resumable Ray job: train A; B-E from A; C, D, E at S=256, then S=384, then
+jittered S in [256, 512]; then the evaluations of Tables 3-5 and the D+E fusion of Table 6.
+
+  python jobs/reproduce.py --data s3://bucket/imagenet --storage s3://bucket/runs --name vgg --workers 8
+  python jobs/reproduce.py --archs D,E --preset smoke --data demo --cpu --workers 2 --max-epochs 2
+
+Submit it again with the same --storage and --name and it skips every finished stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vgg_ray.config import add_arguments, from_args
+from vgg_ray.models import ARCHS
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="all", help="configurations to reproduce (A is always trained: "
+                        "the others start from it), e.g. D,E; default all")
+    parser.add_argument("--init-a", default="glorot", choices=("glorot", "gaussian"),
+                        help="initialisation of A (and A-LRN), trained from scratch")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N validation images only")
+    add_arguments(parser, skip=("arch", "train_scale", "init"))
+    args = parser.parse_args(argv)
+    archs = list(ARCHS) if args.archs == "all" else [a.strip() for a in args.archs.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        parser.error(f"--archs {args.archs!r}: expected a comma list of {', '.join(ARCHS)}, or all")
+    if args.name is None:
+        args.name = "reproduce"
+    try:
+        base = from_args(args, arch="A")
+    except ValueError as e:
+        parser.error(str(e))
+
+    from vgg_ray.reproduce import run  # imports Ray: after the flags are checked
+
+    summary = run(base, archs, init_a=args.init_a, limit=args.limit)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
