@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from vgg_ray import data as vdata
 from vgg_ray import metrics as vmetrics
+from vgg_ray import perf
 from vgg_ray.checkpoints import load_model, model_record, resolve_source, save_atomic
 from vgg_ray.config import TrainConfig
 from vgg_ray.models import build_vgg, transfer_init
@@ -76,6 +77,8 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
+    if on_gpu:
+        perf.configure_backends()  # cuDNN autotuning, TF32
     manifest = vdata.load_manifest(root)
 
     torch.manual_seed(cfg.seed)
@@ -93,9 +96,10 @@ def train_loop_per_worker(config: dict) -> None:
             copied = transfer_init(model, source)
             if rank == 0:
                 print(f"[{cfg.arch}] initialised {', '.join(copied)} from {cfg.init[5:]} (§3.1)")
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    # channels_last before DDP is built: DDP records the parameters' memory layout
+    model = perf.prepare_for_speed(model, device)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=perf.ddp_kwargs())
+    perf.ddp_comm_hook(model)  # bf16 gradient all-reduce on NCCL; nothing on gloo or one worker
     optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if opt_state is not None:
@@ -122,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         model.train()
         t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=device), 0  # on the device: no per-step GPU sync
         for batch in train_shard.iter_torch_batches(batch_size=cfg.per_worker_batch, drop_last=True,
                                                     device=device):
             x = colour_shift(to_float_nchw(batch["image"], mean, channels_last=on_gpu), eigval, eigvec,
@@ -136,7 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
                 with sync, autocast:
                     loss = F.cross_entropy(model(xc), yc)
                     (loss * (len(yc) / len(y))).backward()
-                loss_sum += loss.item() * len(yc)
+                loss_sum += loss.detach().float() * len(yc)
             optimizer.step()
             seen += len(y)
         train_s = time.perf_counter() - t0
@@ -151,7 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
                 c1 += int(hit[:, 0].sum())
                 c5 += int(hit.any(dim=1).sum())
                 n_val += len(hit)
-        loss_sum, seen, c1, c5, n_val = _all_reduce_sum([loss_sum, seen, c1, c5, n_val], device)
+        loss_sum, seen, c1, c5, n_val = _all_reduce_sum([loss_sum.item(), seen, c1, c5, n_val], device)
         if n_val == 0:
             raise RuntimeError(f"{root}: the validation split is empty")
         row = {"epoch": epoch, "lr": sched.lr, "train_loss": loss_sum / max(seen, 1),

@@ -1,0 +1,605 @@
+"""Training images/s of VGG: synthetic data on the device, our Ray Data pipeline, and a plain PyTorch peer.
+
+    python jobs/bench_train.py --preset smoke --data demo                         # CPU, under a minute
+    python jobs/bench_train.py --preset paper --data photos --project-scaling --out auto           # a GPU
+    python jobs/bench_train.py --preset paper --data photos --paths synthetic --ablate --out auto  # a GPU
+
+Every path runs the same training step (TrainStep below, the train loop's step: uint8 NHWC batch -> mean
+subtraction and §3.1 colour shift on the device -> bf16 autocast forward/backward on CUDA, in micro-batches
+summing to the batch -> SGD):
+  synthetic  random uint8 batches already on the device: the model's ceiling.
+  ray        vgg_ray.data.train_dataset(...).iter_torch_batches consumed here, in the driver, on one device
+             (no Ray Train: a single worker would add nothing per step, and the loop is the same).
+  peer       what most users would write: --gpus ranks of a plain DDP loop (torch.multiprocessing; NCCL on
+             GPUs, gloo on CPUs), each fed by a torch DataLoader over a torchvision ImageFolder of the same
+             images as JPEG files, with the same CPU transform (vgg_ray.transforms.train_sample).
+Images/s are per device, over --steps after --warmup steps (the first step, timed alone, includes cuDNN's
+autotuning). `--data photos` builds ImageNet-sized JPEGs (300-500 px, ~60 KB) so that decoding costs about
+what it would on ImageNet; the demo's 48-160 px images decode twice as fast at S=256. Prints a table, then
+one JSON line (bench/README.md says what each figure means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vgg_ray import perf, shards, transforms
+from vgg_ray.config import PRESETS, TrainConfig
+from vgg_ray.models import ARCHS, build_vgg, forward_macs
+
+PATHS = ("synthetic", "ray", "peer")
+PHOTOS_VERSION = 1
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="D,E", help="comma list of Table 1 configurations")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="paper (224 crops, batch 256) or smoke (tiny); default paper on CUDA, else smoke")
+    p.add_argument("--data", default="demo", help="shards folder/URI, demo, or photos (ImageNet-sized JPEGs)")
+    p.add_argument("--paths", default=",".join(PATHS), help="comma list of synthetic, ray, peer")
+    p.add_argument("--gpus", type=int, default=max(1, torch.cuda.device_count()),
+                   help="ranks of the peer's DDP loop (and the devices the global batch is split over)")
+    p.add_argument("--batch", type=int, default=None, help="global batch, images (default: the preset's)")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="images per forward pass; 0: the largest power-of-two share of the batch that fits")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per path (paper 30, smoke 8)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first, the first included (3)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in every path")
+    p.add_argument("--ablate", action="store_true",
+                   help="synthetic images/s with the speed settings added one at a time")
+    p.add_argument("--project-scaling", action="store_true", help="project 4- and 8-GPU speed-up")
+    p.add_argument("--allreduce-world", type=int, default=None,
+                   help="processes for the measured all-reduce (default --gpus; 1: formula only)")
+    p.add_argument("--procs", type=int, default=cpus,
+                   help="CPU processes for each input pipeline: Ray's CPUs, the peer's loader workers in all")
+    p.add_argument("--prefetch", type=int, default=4, help="batches Ray Data prepares ahead")
+    p.add_argument("--peer-images", type=int, default=10_000, help="images written out for the peer")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU runs: torch threads per training process (1: OpenMP threads spin badly on a "
+                        "busy machine, the input pipeline needs cores too)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="write the JSON to this file, or to DIR/<date>-<device>.json for a DIR/ (auto: bench/results/)")
+    return p.parse_args(argv)
+
+
+# ---- the step every path runs ----
+
+class TrainStep:
+    """One SGD step on a uint8 NHWC batch, as vgg_ray.train_loop takes it (keep the two alike), except that
+    the loss stays on the device: a .item() per micro-batch would stall the launch queue every step."""
+
+    def __init__(self, model, cfg: TrainConfig, stats: dict, device: torch.device, micro: int, amp: bool,
+                 channels_last: bool):
+        self.model, self.micro, self.channels_last, self.device = model, micro, channels_last, device
+        # lr 0: SGD still computes momentum, weight decay and the update (torch has no shortcut for 0), but
+        # random data cannot drive the weights to inf/NaN over hundreds of steps; speed ignores values.
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.mean, self.eigval, self.eigvec = (torch.tensor(stats[k], device=device)
+                                               for k in ("mean_rgb", "eigval", "eigvec"))
+        self.std = cfg.colour_shift_std
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.amp = amp
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = transforms.to_float_nchw(images, self.mean, channels_last=self.channels_last)
+        x = transforms.colour_shift(x, self.eigval, self.eigvec, self.std, self.gen)
+        y = labels.long()
+        chunks = list(zip(x.split(self.micro), y.split(self.micro), strict=True))
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for i, (xc, yc) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext()
+            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = F.cross_entropy(self.model(xc), yc)
+                (loss * (len(yc) / len(y))).backward()
+            total += loss.detach().float() * len(yc)
+        self.opt.step()
+        return total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
+    """Run warmup + steps steps from the `batches` iterator; figures of the timed ones (see module doc)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    x, y = next(batches)
+    first_batch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step(x, y)
+    _sync(device)
+    first_step_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        step(*next(batches))
+    _sync(device)
+    t0, n, loss = time.perf_counter(), 0, 0.0
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = loss + step(x, y)
+        n += len(y)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    loss = float(loss) / n
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"training loss {loss} after {warmup + steps} steps: the step is broken")
+    return {"images_per_s": n / elapsed, "step_s": elapsed / steps, "first_step_s": first_step_s,
+            "first_batch_s": first_batch_s, "images": n, "loss": loss,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+
+
+def new_model(cfg: TrainConfig, classes: int, device: torch.device, channels_last: bool = True):
+    torch.manual_seed(cfg.seed)
+    net = build_vgg(cfg.arch, num_classes=classes, width=cfg.width, fc_width=cfg.fc_width,
+                    crop_size=cfg.crop_size, dropout=cfg.dropout)
+    return perf.prepare_for_speed(net, device, channels_last=channels_last)
+
+
+def maybe_compile(model, micro: int, cfg: TrainConfig, device: torch.device, amp: bool, channels_last: bool):
+    example = torch.randn(micro, 3, cfg.crop_size, cfg.crop_size, device=device)
+    if channels_last and device.type == "cuda":
+        example = example.contiguous(memory_format=torch.channels_last)
+    return perf.compile_model(model, example, torch.bfloat16 if amp else None)
+
+
+def fit_micro_batch(model, cfg, stats, device, batch: int, micro: int, amp: bool, cl: bool,
+                    classes: int) -> tuple[int, float | None]:
+    """(micro-batch, seconds of the first step that fitted): `micro` if given (no step run), else the
+    largest power-of-two share of `batch` whose step fits in GPU memory. That first step of the model
+    pays for cuDNN's autotuning, so its time is the path's first-step time."""
+    if micro or device.type != "cuda":
+        return micro or batch, None
+    micro = batch
+    x, y = next(synthetic_batches(batch, cfg.crop_size, classes, device, 0, 1))
+    while True:
+        try:
+            t0 = time.perf_counter()
+            TrainStep(model, cfg, stats, device, micro, amp, cl)(x, y)
+            _sync(device)
+            return micro, time.perf_counter() - t0
+        except torch.cuda.OutOfMemoryError:
+            if micro == 1 or micro % 2:
+                raise
+            micro //= 2
+        finally:
+            for p in model.parameters():
+                p.grad = None
+            torch.cuda.empty_cache()
+
+
+# ---- batch sources ----
+
+def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device, seed: int, pool: int = 2):
+    """Random uint8 batches made once on the device and cycled (random, not zeros: zeros run faster)."""
+    g = torch.Generator().manual_seed(seed)
+    made = [(torch.randint(0, 256, (batch, crop, crop, 3), dtype=torch.uint8, generator=g).to(device),
+             torch.randint(0, classes, (batch,), generator=g).to(device)) for _ in range(pool)]
+    return itertools.cycle(made)
+
+
+def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int):
+    from vgg_ray import data
+
+    ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed)
+    while True:  # one pass per epoch: Ray Data re-executes the pipeline, as in training
+        for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(device),
+                                       prefetch_batches=prefetch, pin_memory=device.type == "cuda"):
+            yield b["image"], b["label"]
+
+
+class TrainSample:
+    """The peer's transform: vgg_ray.transforms.train_sample with a generator per loader worker."""
+
+    def __init__(self, scale: tuple[int, int], crop: int):
+        self.scale, self.crop, self.rng = scale, crop, None
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        if self.rng is None:  # first call in this worker process, after the fork
+            self.rng = np.random.default_rng()
+        return torch.from_numpy(transforms.train_sample(data, self.scale, self.crop, self.rng))
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_images(root: str, folder: Path, limit: int) -> int:
+    """The first `limit` training images of the shards as <folder>/<label>/<i>.JPEG (untimed)."""
+    n = min(limit, shards.split_rows(root, "train"))
+    for a, b in shards.row_ranges(n, max(1, n // 512)):
+        t = shards.read_rows(root, "train", a, b, ["image", "label"])
+        for i, (img, label) in enumerate(zip(t.column("image").to_pylist(), t.column("label").to_pylist(),
+                                             strict=True)):
+            d = folder / f"{label:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{a + i}.JPEG").write_bytes(img)
+    return n
+
+
+# ---- the plain PyTorch peer, and the measured all-reduce, in spawned processes ----
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init_rank(rank: int, world: int, port: int) -> torch.device:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    return torch.device("cuda", rank) if cuda else torch.device("cpu")
+
+
+def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, DistributedSampler
+    from torchvision.datasets import ImageFolder
+
+    device = _init_rank(rank, world, port)
+    try:
+        cfg = TrainConfig.from_dict(job["cfg"])
+        on_gpu = device.type == "cuda"
+        if on_gpu:
+            perf.configure_backends()
+        else:
+            torch.set_num_threads(max(1, job["threads"]))
+        model = new_model(cfg, job["classes"], device)
+        if job["compile"]:
+            model = maybe_compile(model, job["micro"], cfg, device, on_gpu, on_gpu)
+        ddp = DDP(model, device_ids=[rank] if on_gpu else None)  # DDP's defaults: what a user writes
+        ds = ImageFolder(job["images"], loader=read_bytes, transform=TrainSample(cfg.train_scale_px, cfg.crop_size))
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        workers = job["loader_workers"]
+        dl = DataLoader(ds, batch_size=job["batch"], sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=on_gpu, persistent_workers=workers > 0)
+
+        def batches():
+            for epoch in itertools.count():
+                sampler.set_epoch(epoch)
+                for x, y in dl:
+                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+        step = TrainStep(ddp, cfg, job["stats"], device, job["micro"], on_gpu, on_gpu)
+        out = timed(step, batches(), job["warmup"], job["steps"], device)
+        if rank == 0:
+            results.put(out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _allreduce_rank(rank: int, world: int, port: int, nbytes: int, repeat: int, results) -> None:
+    device = _init_rank(rank, world, port)
+    try:
+        buf = torch.randn(max(1, nbytes // 4), device=device)
+        times = []
+        for i in range(repeat + 2):  # two warm-ups: connection set-up, NCCL channels
+            dist.barrier()
+            _sync(device)
+            t0 = time.perf_counter()
+            dist.all_reduce(buf)
+            _sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        if rank == 0:
+            results.put(statistics.median(times))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args):
+    """Run fn(rank, world, port, *args, results) in `world` fresh processes; rank 0's one result."""
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(fn, args=(world, _free_port(), *args, results), nprocs=world, join=True)
+    return results.get()
+
+
+def measure_allreduce(nbytes: int, world: int, repeat: int = 5) -> dict:
+    """A real all-reduce of `nbytes` of fp32 over `world` processes (NCCL on GPUs, gloo on CPUs)."""
+    s = spawn(_allreduce_rank, world, nbytes, repeat)
+    return {"world": world, "backend": "nccl" if torch.cuda.is_available() else "gloo", "bytes": nbytes,
+            "seconds": s, "busbw": 2 * (world - 1) / world * nbytes / s}
+
+
+# ---- data ----
+
+def resolve(data: str) -> str:
+    if data == "photos":
+        from vgg_ray.data import cache_dir
+
+        return build_photos(cache_dir() / f"photos-v{PHOTOS_VERSION}")
+    if data == "demo":
+        from vgg_ray.data import resolve_data
+
+        return resolve_data("demo")
+    shards.load_manifest(data)  # raises with what --data should be
+    return data
+
+
+def build_photos(folder: Path, unique_per_class: int = 100, copies: int = 10) -> str:
+    """ImageNet-sized demo photos (300-500 px a side), each written `copies` times: 10,000 training images
+    whose JPEG decode costs what ImageNet's does, built in about a minute once and cached."""
+    from vgg_ray import demo, imagenet
+
+    out = folder / "shards"
+    if (out / shards.MANIFEST).is_file():
+        return str(out)
+    src = folder / "src"
+    demo.make_tree(src, train_per_class=unique_per_class, val_per_class=2, seed=0, side_px=(300, 500))
+    for f in sorted(src.glob("train/*/*.JPEG")):
+        if re.fullmatch(r"n\d+_\d+\.JPEG", f.name):
+            for k in range(1, copies):
+                shutil.copyfile(f, f.with_name(f"{f.stem}c{k}.JPEG"))
+    imagenet.convert(src, str(out), shard_mb=32, stats_sample=1000)
+    shutil.rmtree(src)
+    return str(out)
+
+
+def decode_rate(root: str, cfg: TrainConfig, n: int = 64) -> float:
+    """Images/s of the CPU transform (decode, rescale, crop, flip) on one core, this process."""
+    t = shards.read_rows(root, "train", 0, min(n, shards.split_rows(root, "train")), ["image"])
+    images = t.column("image").to_pylist()
+    rng = np.random.default_rng(0)
+    transforms.train_sample(images[0], cfg.train_scale_px, cfg.crop_size, rng)
+    t0 = time.perf_counter()
+    for b in images:
+        transforms.train_sample(b, cfg.train_scale_px, cfg.crop_size, rng)
+    return len(images) / (time.perf_counter() - t0)
+
+
+# ---- main ----
+
+def _row(arch, path, variant, res, *, batch, micro, devices, macs, peak, matmul, compile_s=None) -> dict:
+    ips = res["images_per_s"]
+    return {"arch": arch, "path": path, "variant": variant, "devices": devices, "batch": batch,
+            "micro_batch": micro, **res, "compile_s": compile_s,
+            "mfu": perf.mfu(ips, macs, peak.spec) if peak else None,
+            "mfu_vs_matmul": perf.mfu(ips, macs, matmul)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or ("paper" if device.type == "cuda" else "smoke")
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not archs or any(a not in ARCHS for a in archs):
+        raise SystemExit(f"--arch {args.arch!r}: expected a comma list of {', '.join(ARCHS)}")
+    if not paths or any(p not in PATHS for p in paths):
+        raise SystemExit(f"--paths {args.paths!r}: expected a comma list of {', '.join(PATHS)}")
+    if device.type == "cuda" and args.gpus > torch.cuda.device_count():
+        raise SystemExit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPUs")
+    steps = args.steps or (30 if preset == "paper" else 8)
+    warmup = args.warmup or 3
+    try:
+        cfgs = {a: TrainConfig.from_preset(preset, arch=a, data=args.data, workers=args.gpus, seed=args.seed,
+                                           micro_batch=args.micro_batch,
+                                           **({"batch_size": args.batch} if args.batch else {}))
+                for a in archs}
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    root = resolve(args.data)
+    manifest = shards.load_manifest(root)
+    stats = {k: manifest[k] for k in ("mean_rgb", "eigval", "eigvec")}
+    classes = 1000 if preset == "paper" else manifest["num_classes"]  # the paper's fc8, whatever the data
+    on_gpu = device.type == "cuda"
+    if not on_gpu:
+        torch.set_num_threads(args.threads)
+    settings = perf.configure_backends() if on_gpu else {"threads": args.threads}
+    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+    peak = perf.bf16_peak(name) if on_gpu else None
+    matmul = (perf.measure_matmul_flops(device) if on_gpu
+              else perf.measure_matmul_flops(device, torch.float32, n=1024, repeat=3))
+    first = cfgs[archs[0]]
+    result = {"bench": "train", "date": datetime.date.today().isoformat(), "device": name, "gpus": args.gpus,
+              "torch": torch.__version__, "preset": preset, "data": args.data, "classes": classes,
+              "batch": first.batch_size, "per_device_batch": first.per_worker_batch, "crop": first.crop_size,
+              "train_scale_px": list(first.train_scale_px), "steps": steps, "warmup": warmup,
+              "compile": args.compile, "settings": settings,
+              "peak": {"name": peak.name if peak else None, "spec_flops": peak.spec if peak else None,
+                       "table_matmul_flops": peak.measured if peak else None,
+                       "matmul_flops": matmul, "matmul_dtype": "bfloat16 8192^3" if on_gpu else "float32 1024^3"},
+              "ray_path": "driver process, one device, iter_torch_batches (no Ray Train, no DDP)",
+              "peer_path": f"{args.gpus} DDP rank(s), DataLoader + ImageFolder, DDP defaults",
+              "decode_img_s_per_core": decode_rate(root, first), "results": [], "ratios": {}}
+    rows = result["results"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    ray_started = False
+    try:
+        if "peer" in paths:
+            write_images(root, tmp / "images", args.peer_images)
+        for arch, cfg in cfgs.items():
+            b = cfg.per_worker_batch
+            model = new_model(cfg, classes, device)
+            macs = forward_macs(model, cfg.crop_size)
+            micro, first_step_s = fit_micro_batch(model, cfg, stats, device, b, args.micro_batch, on_gpu,
+                                                  on_gpu, classes)
+            common = {"batch": b, "micro": micro, "macs": macs, "peak": peak, "matmul": matmul}
+            compile_s = None
+            if args.compile:
+                model = maybe_compile(model, micro, cfg, device, on_gpu, on_gpu)
+                compile_s = model.compile_s
+            step = TrainStep(model, cfg, stats, device, micro, on_gpu, on_gpu)
+            if "synthetic" in paths:
+                res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
+                res["first_step_s"] = first_step_s or res["first_step_s"]
+                rows.append(_row(arch, "synthetic", "default", res, devices=1, compile_s=compile_s, **common))
+            if "peer" in paths:
+                job = {"cfg": cfg.to_dict(), "classes": classes, "stats": stats, "micro": micro, "batch": b,
+                       "compile": args.compile, "images": str(tmp / "images"), "warmup": warmup, "steps": steps,
+                       "loader_workers": max(1, args.procs // args.gpus),
+                       "threads": args.threads}
+                res = spawn(_peer_rank, args.gpus, job)
+                rows.append(_row(arch, "peer", "DDP+DataLoader", res, devices=args.gpus, **common))
+            if "ray" in paths:
+                ray_started |= _start_ray(args.procs)
+                batches = ray_batches(root, cfg, b, device, args.prefetch)
+                try:
+                    res = timed(step, batches, warmup, steps, device)
+                finally:
+                    batches.close()
+                rows.append(_row(arch, "ray", "Ray Data", res, devices=1, **common))
+            if args.ablate:
+                rows += ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul)
+            if args.project_scaling:
+                result.setdefault("scaling", {})[arch] = scaling(model, cfg, stats, classes, device, args,
+                                                                 warmup, steps, micro)
+            del model, step
+            if on_gpu:
+                torch.cuda.empty_cache()
+            result["ratios"][arch] = ratios(rows, arch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+    print_table(result)
+    if args.out:
+        out = Path("bench/results/" if args.out == "auto" else args.out)
+        if args.out.endswith("/") or args.out == "auto" or out.is_dir():
+            out = out / f"{result['date']}-{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower()}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+    print(json.dumps(result))
+    return result
+
+
+def _start_ray(cpus: int) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return True
+
+
+def ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul) -> list[dict]:
+    """Synthetic images/s as the speed settings are added one at a time (each row keeps the ones above)."""
+    on_gpu = device.type == "cuda"
+    ladder = [("fp32, NCHW, no autotuning", False, False, False, False),
+              ("+ TF32, cudnn.benchmark", False, False, True, False),
+              ("+ bf16 autocast", True, False, True, False),
+              ("+ channels_last", True, True, True, False)]
+    if on_gpu:  # inductor on CPUs compiles C++ for minutes; the GPU is where it matters
+        ladder.append(("+ torch.compile", True, True, True, True))
+    rows = []
+    try:
+        for variant, amp, cl, fast, compiled in ladder:
+            if on_gpu:
+                perf.configure_backends(cudnn_benchmark=fast, tf32=fast)
+            b = cfg.per_worker_batch
+            model = new_model(cfg, classes, device, channels_last=cl)
+            micro, _ = fit_micro_batch(model, cfg, stats, device, b, args.micro_batch, amp and on_gpu, cl, classes)
+            compile_s = None
+            if compiled:
+                model = maybe_compile(model, micro, cfg, device, amp, cl)
+                compile_s = model.compile_s
+            step = TrainStep(model, cfg, stats, device, micro, amp and on_gpu, cl and on_gpu)
+            res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
+            rows.append(_row(arch, "synthetic", variant, res, batch=b, micro=micro, devices=1, macs=macs,
+                             peak=peak, matmul=matmul, compile_s=compile_s))
+            del model, step
+    finally:
+        if on_gpu:
+            perf.configure_backends()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def scaling(model, cfg, stats, classes, device, args, warmup, steps, micro) -> dict:
+    """Step times on this device at the per-device batches of 1, 4 and 8 GPUs sharing the global batch,
+    the all-reduce (measured when --allreduce-world >= 2), and the projection (vgg_ray.perf)."""
+    net = getattr(model, "_orig_mod", model)
+    on_gpu = device.type == "cuda"
+    step_s = {}
+    for n in (1, 4, 8):
+        b = max(1, cfg.batch_size // n)
+        step = TrainStep(model, cfg, stats, device, min(micro, b), on_gpu, on_gpu)
+        step_s[n] = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps,
+                          device)["step_s"]
+    grads = perf.gradient_bytes(net)
+    tail = perf.tail_bytes(net)
+    busbw = dict(perf.ASSUMED_BUSBW)
+    world = args.allreduce_world or args.gpus
+    measured = None
+    if world >= 2:
+        measured = measure_allreduce(grads["total"], world)
+        busbw[f"measured: {world} x {measured['backend']} on this machine"] = measured["busbw"]
+    return {"global_batch": cfg.batch_size, "step_s_by_gpus": step_s, "grad_bytes": grads["total"],
+            "fc_share": grads["fc_share"], "tail_bytes": tail, "bucket_cap_mb": perf.BUCKET_CAP_MB,
+            "allreduce_measured": measured, "paper_4gpu_speedup": 3.75,
+            "projection": perf.project_scaling(step_s, grads["total"], tail, busbw)}
+
+
+def ratios(rows: list[dict], arch: str) -> dict:
+    get = {r["path"]: r["images_per_s"] for r in rows if r["arch"] == arch and r["variant"] in
+           ("default", "Ray Data", "DDP+DataLoader")}
+    out = {}
+    for a, b in (("ray", "synthetic"), ("ray", "peer"), ("peer", "synthetic")):
+        if a in get and b in get:
+            out[f"{a}_over_{b}"] = get[a] / get[b]
+    return out
+
+
+def print_table(result: dict) -> None:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    print(f"\n{result['device']}, preset {result['preset']}, batch {result['per_device_batch']} per device, "
+          f"crop {result['crop']}, data {result['data']}; MFU vs {result['peak']['name'] or 'no'} bf16 spec "
+          f"peak, and vs the {result['peak']['matmul_flops'] / 1e12:.3g} TFLOP/s matmul measured here")
+    print(f"{'arch':<5}{'path':<10}{'variant':<27}{'micro':>6}{'img/s/dev':>11}{'step ms':>9}{'1st step s':>11}"
+          f"{'1st batch s':>12}{'MFU':>7}{'MFU mm':>8}{'peak GiB':>9}{'compile s':>10}")
+    for r in result["results"]:
+        print(f"{r['arch']:<5}{r['path']:<10}{r['variant']:<27}{r['micro_batch']:>6}{r['images_per_s']:>11.1f}"
+              f"{r['step_s'] * 1e3:>9.1f}{r['first_step_s']:>11.2f}{r['first_batch_s']:>12.2f}"
+              f"{f(r['mfu'], '.1%'):>7}{f(r['mfu_vs_matmul'], '.1%'):>8}{f(r['peak_mem_gib'], '.1f'):>9}"
+              f"{f(r['compile_s'], '.1f'):>10}")
+    for arch, rs in result["ratios"].items():
+        if rs:
+            print(f"{arch}: " + ", ".join(f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in rs.items()))
+    rate = result["decode_img_s_per_core"]
+    print(f"CPU transform (decode, rescale, crop, flip): {rate:.0f} images/s per core")
+    for arch, sc in result.get("scaling", {}).items():
+        print(f"{arch}: projected speed-up at global batch {sc['global_batch']} (paper: 3.75x on 4 GPUs); "
+              f"{sc['grad_bytes'] / 1e6:.4g} MB of fp32 gradients, DDP's unhidden tail {sc['tail_bytes'] / 1e6:.3g} MB")
+        for name, p in sc["projection"].items():
+            cells = [f"{k}: {v['speedup_no_overlap']:.2f}-{v['speedup_overlap']:.2f}x" for k, v in p.items()
+                     if k != "busbw"]
+            print(f"  {name} [{p['busbw'] / 1e9:.1f} GB/s]: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
