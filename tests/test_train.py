@@ -66,10 +66,12 @@ def test_plateau_schedule_ends_the_run_and_init_from_copies_layers(run_a, demo_s
                "conv3_1": "features.10", "conv3_2": "features.12", "fc6": "classifier.0",
                "fc7": "classifier.3", "fc8": "classifier.6"}
     for layer, key in index_a.items():
-        assert torch.equal(a[key + ".weight"], b[index_b[layer] + ".weight"]), layer
+        # 5 epochs at <= 1e-9 move a weight by ~1e-6 (raw-pixel gradients are large); fresh inits differ by ~0.1
+        torch.testing.assert_close(b[index_b[layer] + ".weight"], a[key + ".weight"], rtol=0, atol=1e-4,
+                                   msg=layer)
     # conv4_1 has the same shape in both nets but is not one of the transferred layers
     assert a["features.11.weight"].shape == b["features.15.weight"].shape
-    assert not torch.equal(a["features.11.weight"], b["features.15.weight"])
+    assert (a["features.11.weight"] - b["features.15.weight"]).abs().max() > 1e-2
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, demo_shards, tmp_path, monkeypatch):

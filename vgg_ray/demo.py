@@ -40,10 +40,10 @@ def wnid(index: int) -> str:
     return f"n{index:08d}"
 
 
-def render(label: int, rng: np.random.Generator) -> Image.Image:
-    """One RGB image of class `label`."""
+def render(label: int, rng: np.random.Generator, side_px: tuple[int, int] = SIDE_PX) -> Image.Image:
+    """One RGB image of class `label`, each side uniform in `side_px`."""
     _, bg, fg, shape = CLASSES[label]
-    w, h = (int(v) for v in rng.integers(SIDE_PX[0], SIDE_PX[1] + 1, size=2))
+    w, h = (int(v) for v in rng.integers(side_px[0], side_px[1] + 1, size=2))
     shift = rng.integers(-JITTER, JITTER + 1, size=3)
     bg_c = tuple(int(v) for v in np.clip(np.array(bg) + shift, 0, 255))
     fg_c = tuple(int(v) for v in np.clip(np.array(fg) + shift, 0, 255))
@@ -91,8 +91,10 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def make_tree(root: str | Path, train_per_class: int = 50, val_per_class: int = 10, seed: int = 0) -> dict:
-    """Write the demo tree under `root`; returns {"train": n, "val": n, "quirks": {key: what}}."""
+def make_tree(root: str | Path, train_per_class: int = 50, val_per_class: int = 10, seed: int = 0,
+              side_px: tuple[int, int] = SIDE_PX) -> dict:
+    """Write the demo tree under `root`; returns {"train": n, "val": n, "quirks": {key: what}}.
+    `side_px` (300, 500) makes ImageNet-sized photos (~100 KB JPEGs), for benchmarks."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / "val").mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def make_tree(root: str | Path, train_per_class: int = 50, val_per_class: int = 
         folder = root / "train" / wnid(c)
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(train_per_class):
-            (folder / f"{wnid(c)}_{i}.JPEG").write_bytes(_jpeg(render(c, rng)))
+            (folder / f"{wnid(c)}_{i}.JPEG").write_bytes(_jpeg(render(c, rng, side_px)))
             n_train += 1
     # ImageNet's quirks, one each, in training classes 1, 3, 5, 7 (keys relative to root).
     grey = render(3, rng).convert("L")
@@ -125,7 +127,7 @@ def make_tree(root: str | Path, train_per_class: int = 50, val_per_class: int = 
     rows = ["ImageId,PredictionString"]
     for i, c in enumerate(labels, start=1):
         stem = f"ILSVRC2012_val_{i:08d}"
-        (root / "val" / f"{stem}.JPEG").write_bytes(_jpeg(render(int(c), rng)))
+        (root / "val" / f"{stem}.JPEG").write_bytes(_jpeg(render(int(c), rng, side_px)))
         rows.append(f"{stem},{wnid(int(c))} 1 1 20 20")
     (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     (root / "LOC_synset_mapping.txt").write_text(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ class UnusableImage(Exception):
     """Bytes that do not decode to an image; the message is the reason recorded in `skipped`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 1.28M of them in the driver for ImageNet: no per-object dict
 class Item:
     key: str  # path relative to --src, posix
     label: int
@@ -227,7 +226,10 @@ class ShardJob:
 
     @property
     def items_sha(self) -> str:
-        text = FORMAT + "\n" + "".join(f"{i.key}\t{i.label}\n" for i in self.items)
+        """What the shard must hold: a re-run keeps a finished shard only when this matches its footer
+        (same files, sizes, labels and statistics sample; a changed source file changes its size)."""
+        text = FORMAT + "\n" + "".join(f"{i.key}\t{i.label}\t{i.size}\t{int(i.key in self.stats_keys)}\n"
+                                       for i in self.items)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -242,10 +244,9 @@ def plan(source: Source, shard_bytes: int, stats_sample: int) -> list[ShardJob]:
         if split == "train":
             perm = np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(items))
             items = [items[i] for i in perm]
-            if stats_sample > 0:
-                # Every k-th row of a random permutation is a uniform sample spread over all shards.
-                step = max(1, math.ceil(len(items) / stats_sample))
-                sample = {i.key for i in items[::step][:stats_sample]}
+            k = min(stats_sample, len(items))
+            # Evenly spaced rows of a random permutation: a uniform sample, spread over all shards.
+            sample = {items[i].key for i in (np.arange(k) * len(items)) // max(k, 1)}
         groups: list[list[Item]] = [[]]
         size = 0
         for it in items:
@@ -363,7 +364,3 @@ def build_manifest(source: Source, infos: list[dict], shard_mb: float, stats_sam
                   "decoded_smallest_side_px": f">= {STATS_SIDE_PX} (JPEG draft mode), or the image's own"},
         "shard_mb": shard_mb,
     }
-
-
-def manifest_json(manifest: dict) -> str:
-    return json.dumps(manifest, indent=1)

@@ -1,12 +1,12 @@
 """The on-disk layout of converted ImageNet: `<root>/manifest.json` and `<root>/<split>/part-NNNNN.parquet`.
 
 Pure pyarrow + json (no Ray): the converter writes through it, the Ray Data pipeline and the evaluation
-job read through it. `root` is a local path or a pyarrow/fsspec URI (`s3://bucket/imagenet`, `gs://...`).
+job read through it. `root` is a local path or a URI pyarrow can open (`s3://bucket/imagenet`, `gs://...`, `file://...`).
 
-A shard becomes data only when complete: it is written under a hidden temporary name and then moved to
-its final name, and readers list only visible `*.parquet` names, so an interrupted conversion never
-leaves a partial file that a reader would take for data. On object storage the upload itself is atomic
-(an object is visible only once complete), so the move is there for local and shared file systems.
+A shard becomes data only when complete: on file systems it is written under a hidden temporary name and
+then moved to its final name, and readers list only visible `*.parquet` names; on object storage it is
+uploaded straight to its name, since an object is visible only once its upload completes. Either way an
+interrupted conversion never leaves a partial file that a reader would take for data.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+OBJECT_STORES = {"s3", "gcs", "abfs"}  # pyarrow file system type names whose uploads are atomic
 # Key of the parquet footer's key-value metadata that carries what the converter needs to resume.
 SHARD_META_KEY = b"vgg_ray"
 
@@ -131,6 +133,25 @@ def read_rows(root: str, split: str, start: int, stop: int, columns: list[str] |
     return pa.concat_tables(pieces)
 
 
+def row_groups(root: str, split: str) -> list[tuple[str, int, int, int]]:
+    """(shard path, row-group index, global index of its first row, rows) for every row group of `split`."""
+    fs, _ = filesystem(root)
+    out, offset = [], 0
+    for path in shard_paths(root, split):
+        md = _metadata(fs, path)
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            out.append((path, g, offset, n))
+            offset += n
+    return out
+
+
+def read_row_group(root: str, path: str, group: int, columns: list[str] | None = None) -> pa.Table:
+    fs, _ = filesystem(root)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(group, columns=columns)
+
+
 def _empty(root: str, split: str, columns: list[str] | None) -> pa.Table:
     fs, _ = filesystem(root)
     paths = shard_paths(root, split)
@@ -177,23 +198,31 @@ def write_shard(root: str, split: str, name: str, table: pa.Table, info: dict,
     """Write one shard under a temporary name, then move it to `name` (see the module docstring)."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            SHARD_META_KEY: json.dumps(info).encode()})
-    sink = pa.BufferOutputStream()
     # JPEG bytes do not compress: storing them raw saves the CPU of a useless codec on every read.
     compression = {c: ("NONE" if c == "image" else "ZSTD") for c in table.column_names}
-    pq.write_table(table, sink, row_group_size=max(1, row_group_rows), compression=compression,
-                   use_dictionary=[c for c in table.column_names if c != "image"])
-    _write_atomic(root, f"{split}/{name}", sink.getvalue().to_pybytes())
+
+    def write(f) -> None:  # streamed: a 256 MB shard is not copied into a second buffer first
+        pq.write_table(table, f, row_group_size=max(1, row_group_rows), compression=compression,
+                       use_dictionary=[c for c in table.column_names if c != "image"])
+
+    _write_atomic(root, f"{split}/{name}", write)
 
 
-def _write_atomic(root: str, rel: str, data: bytes) -> None:
+def _write_atomic(root: str, rel: str, data: bytes | Callable) -> None:
     fs, base = filesystem(root)
     final = posixpath.join(base, rel)
     folder = posixpath.dirname(final)
     fs.create_dir(folder, recursive=True)
     tmp = posixpath.join(folder, f".{posixpath.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    if fs.type_name in OBJECT_STORES:
+        tmp = final  # an object is visible only once its upload completes; a move would copy 256 MB
     with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, final)
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
+    if tmp != final:
+        fs.move(tmp, final)
 
 
 def remove_stale(root: str, split: str, keep: set[str]) -> list[str]:

@@ -44,6 +44,7 @@ def _trial(config: dict) -> None:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()]),
         datasets={"train": vdata.train_dataset(config["root"], cfg.train_scale_px, cfg.crop_size, cfg.seed)},
+        dataset_config=vdata.train_data_config(),  # keeps the per-epoch order reproducible from the seed
     )
     trainer.fit()
 

@@ -1,0 +1,183 @@
+"""The Ray Data pipeline over converted shards: transforms inside Ray Data equal them alone, per-epoch
+order, exact-once validation, corrupt images, and the demo dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vgg_ray import data, imagenet, shards
+from vgg_ray import transforms as T
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+SCALE, CROP = (37, 73), 32  # the smoke preset: §3.1's [256, 512] at a 32-pixel crop
+
+
+def rows(ds) -> list[tuple[str, int, bytes]]:
+    """(key, label, image bytes) in the order the dataset yields them."""
+    out = []
+    for b in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        assert b["image"].dtype == np.uint8 and b["image"].shape[1:] == (CROP, CROP, 3)
+        assert b["label"].dtype == np.int64
+        out += [(str(k), int(lab), img.tobytes()) for k, lab, img in zip(b["key"], b["label"], b["image"],
+                                                                          strict=True)]
+    return out
+
+
+def split_table(root: str, split: str) -> pa.Table:
+    return shards.read_rows(root, split, 0, shards.split_rows(root, split))
+
+
+def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards):
+    t = split_table(demo_shards, "train")
+    ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True)
+    epochs = [rows(ds), rows(ds)]
+    for e, got in enumerate(epochs):
+        # The same transforms alone, with the per-image generator of that epoch: identical pixels.
+        want = {k: (lab, T.train_sample(img, SCALE, CROP, data._row_rng(5, e, k)).tobytes())
+                for k, lab, img in zip(t.column("key").to_pylist(), t.column("label").to_pylist(),
+                                       t.column("image").to_pylist(), strict=True)}
+        assert len(got) == len(want) == len({k for k, _, _ in got})  # every image once per epoch
+        assert {k: (lab, img) for k, lab, img in got} == want
+    stats = [np.frombuffer(b"".join(img for _, _, img in ep), np.uint8).reshape(-1, 3) for ep in epochs]
+    assert np.abs(stats[0].mean(0) - stats[1].mean(0)).max() < 5  # same distribution, new draws:
+    same = sum(a == b for a, b in zip(sorted(epochs[0]), sorted(epochs[1]), strict=True))
+    assert same < len(epochs[0]) // 4  # S, crop and flip redrawn every epoch (§3.1)
+    order = [[k for k, _, _ in ep] for ep in epochs]
+    assert order[0] != order[1]  # a new order every epoch...
+    again = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True)
+    assert [k for k, _, _ in rows(again)] == order[0]  # ...reproducible from the seed
+    other = data.train_dataset(demo_shards, SCALE, CROP, seed=6, with_keys=True)
+    assert [k for k, _, _ in rows(other)] != order[0]
+
+
+def test_train_workers_get_different_images(ray_local, demo_shards):
+    # The iterators Ray Train hands 3 workers for datasets={"train": ...} (DataConfig.configure:
+    # streaming_split(3, equal=True) under our execution options).
+    n = shards.split_rows(demo_shards, "train")
+    ds = data.train_dataset(demo_shards, SCALE, CROP, seed=0, with_keys=True)
+    splits = data.train_data_config().configure({"train": ds}, world_size=3, worker_handles=None,
+                                                worker_node_ids=None)
+    its = [s["train"] for s in splits]
+    got: list[list[str]] = [[] for _ in its]
+
+    def consume(i):
+        got[i] = [str(k) for b in its[i].iter_batches(batch_size=8) for k in b["key"]]
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(len(g) == n // 3 for g in got)
+    assert len(set().union(*map(set, got))) == 3 * (n // 3)  # disjoint
+
+
+def val_keys(root: str, world: int) -> list[list[tuple[str, int, bytes]]]:
+    return [rows(data.val_dataset(root, r, world, 48, CROP, with_keys=True)) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def one_val_file(demo_tree, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("one_file"))
+    imagenet.convert(demo_tree, out, shard_mb=64, stats_sample=10)
+    assert len(shards.shard_paths(out, "val")) == 1
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_val_pieces_cover_every_row_once(demo_shards, one_val_file, world):
+    for root in (demo_shards, one_val_file):
+        n = shards.split_rows(root, "val")
+        per_rank = [sum(p["n"] for p in data.val_pieces(root, r, world)) for r in range(world)]
+        assert sum(per_rank) == n and max(per_rank) - min(per_rank) <= 1
+
+
+@pytest.mark.parametrize("world,which", [(2, "demo_shards"), (3, "one_val_file")])
+def test_validation_exactly_once(ray_local, world, which, request):
+    root = request.getfixturevalue(which)
+    t = split_table(root, "val")
+    want = {k: (lab, T.val_sample(img, 48, CROP).tobytes()) for k, lab, img in zip(
+        t.column("key").to_pylist(), t.column("label").to_pylist(), t.column("image").to_pylist(), strict=True)}
+    per_rank = val_keys(root, world)
+    got = [r for rank in per_rank for r in rank]
+    assert len(got) == len(want) and {k: (lab, img) for k, lab, img in got} == want
+    sizes = [len(r) for r in per_rank]
+    assert max(sizes) - min(sizes) <= 1
+    # Contiguous slices: rank r holds rows [start_r, stop_r) of the split.
+    keys = t.column("key").to_pylist()
+    for (a, b), rank in zip(shards.row_ranges(len(keys), world), per_rank, strict=True):
+        assert sorted(k for k, _, _ in rank) == sorted(keys[a:b])
+
+
+def test_corrupt_images_are_counted_and_skipped(ray_local, demo_shards, tmp_path):
+    # Shards written by another tool: one garbage and one truncated image in train, one bad in val.
+    root = str(tmp_path)
+    bad = {}
+    for split, spoil in (("train", (3, 10)), ("val", (7,))):
+        t = split_table(demo_shards, split)
+        images = t.column("image").to_pylist()
+        for i in spoil:
+            images[i] = b"garbage" if i != 10 else images[i][: len(images[i]) // 3]
+            bad[t.column("key")[i].as_py()] = split
+        t = t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+        shards.write_shard(root, split, shards.shard_name(0), t, {}, row_group_rows=16)
+    shards.write_manifest(root, shards.load_manifest(demo_shards))
+    before = data.corrupt_images()["count"]
+    train = rows(data.train_dataset(root, SCALE, CROP, seed=0, with_keys=True))
+    assert len(train) == shards.split_rows(root, "train") - 2
+    after_train = data.corrupt_images()
+    assert after_train["count"] - before == 2
+    val = [r for rank in val_keys(root, 2) for r in rank]
+    assert len(val) == shards.split_rows(root, "val") - 1
+    report = data.corrupt_images()
+    assert report["count"] - before == 3 and set(bad) <= set(report["keys"])
+    assert not set(bad) & {k for k, _, _ in train + val}
+
+
+def test_demo_builds_once_with_a_learnable_signal(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGG_RAY_CACHE", str(tmp_path))
+    root = data.resolve_data("demo")
+    m = data.load_manifest(root)
+    assert m["num_classes"] == 10 and m["counts"] == {"train": 503, "val": 100}
+    assert [c["wnid"] for c in m["classes"]] == sorted(c["wnid"] for c in m["classes"])
+    assert len(m["skipped"]) == 1 and len(m["converted"]) == 3
+    stamp = (tmp_path / f"demo-v{data.DEMO_VERSION}" / "shards" / "manifest.json").stat().st_mtime_ns
+    assert data.resolve_data("demo") == root  # cached: not rebuilt
+    assert (tmp_path / f"demo-v{data.DEMO_VERSION}" / "shards" / "manifest.json").stat().st_mtime_ns == stamp
+
+    def colours(split):
+        t = split_table(root, split)
+        x = np.stack([T.val_sample(d, 37, CROP).reshape(-1, 3).mean(0) for d in t.column("image").to_pylist()])
+        return x, np.array(t.column("label").to_pylist())
+
+    xt, yt = colours("train")
+    means = np.stack([xt[yt == c].mean(0) for c in range(10)])
+    gaps = np.linalg.norm(means[:, None] - means[None], axis=2)[~np.eye(10, dtype=bool)]
+    assert gaps.min() > 20  # class-mean colours are tens of levels apart (0-255)
+    xv, yv = colours("val")
+    nearest = np.linalg.norm(xv[:, None] - means[None], axis=2).argmin(1)
+    assert (nearest == yv).mean() > 0.8  # even a nearest-mean-colour rule learns it from 32-px crops
+
+
+def test_resolve_data_names_a_path_without_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"--data '{tmp_path}'.*manifest.json"):
+        data.resolve_data(str(tmp_path))
+
+
+def test_prepare_imagenet_job_fans_out_to_the_same_shards(ray_local, demo_tree, demo_shards, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("prepare_imagenet", ROOT / "jobs" / "prepare_imagenet.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    m = job.main(["--src", demo_tree, "--out", str(tmp_path), "--shard-mb", "0.2", "--stats-sample", "100"])
+    assert m == shards.load_manifest(demo_shards)  # Ray tasks or builtin map: one result
+    for split in ("train", "val"):
+        assert split_table(str(tmp_path), split).equals(split_table(demo_shards, split))
+    out = capsys.readouterr().out
+    assert "[8/8]" in out and "1 files skipped" in out
