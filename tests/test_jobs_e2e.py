@@ -1,0 +1,135 @@
+"""The jobs as a user submits them: a real Ray head on 127.0.0.1 with token authentication, `ray job submit`
+of jobs/train.py (stopped midway and resubmitted: it resumes) and jobs/eval_ensemble.py; and
+jobs/reproduce.py's whole chain with the smoke preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vgg_ray.metrics import read_metrics_csv
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RUNTIME_ENV = json.dumps({"working_dir": str(ROOT),
+                          "excludes": [".venv/", ".git/", "runs/", "results/", ".cache/", ".whl/"]})
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """`ray start --head --block` as a child process: stopping its PID stops exactly this head."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    dash = _port()
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={_port()}",
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=8",
+                                 "--include-dashboard=true"], stdout=f, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    env["RAY_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    try:
+        # `ray job list` retries its connection for a while: the head is up once it answers
+        for _ in range(60):
+            if proc.poll() is not None:
+                pytest.fail(f"the Ray head exited: {log.read_text()[-2000:]}")
+            if subprocess.run([str(BIN / "ray"), "job", "list"], env=env, capture_output=True,
+                              timeout=60).returncode == 0:
+                break
+        else:
+            pytest.fail("the Ray head's job server never answered")
+        yield env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ray_job(env, *args, **kw):
+    return subprocess.run([str(BIN / "ray"), "job", *args], env=env, capture_output=True, text=True, **kw)
+
+
+def submit(env, *cmd, wait=True):
+    args = ["submit", "--runtime-env-json", RUNTIME_ENV]
+    if not wait:
+        args.append("--no-wait")
+    return ray_job(env, *args, "--", "python", *cmd, timeout=900)
+
+
+def test_token_is_required(head):
+    env = {**head, "RAY_AUTH_MODE": "disabled"}
+    out = ray_job(env, "list", timeout=120)
+    assert out.returncode != 0 and re.search(r"401|[Uu]nauthori[sz]ed|token", out.stdout + out.stderr)
+
+
+def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
+    train = ["jobs/train.py", "--arch", "A", "--preset", "smoke", "--data", demo_shards, "--cpu",
+             "--workers", "2", "--max-epochs", "3", "--storage", str(tmp_path), "--name", "e2e"]
+    first = submit(head, *train, wait=False)
+    assert first.returncode == 0, first.stderr
+    job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
+    # follow the job's log until the first epoch is reported (its checkpoint is then written), then stop it
+    follow = subprocess.Popen([str(BIN / "ray"), "job", "logs", "--follow", job_id], env=head,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in follow.stdout:
+        seen.append(line)
+        if "[A] epoch 0:" in line:
+            break
+    follow.kill()
+    follow.wait()
+    assert any("[A] epoch 0:" in ln for ln in seen), "".join(seen[-40:])
+    assert ray_job(head, "stop", job_id, timeout=300).returncode == 0
+
+    again = submit(head, *train)
+    assert again.returncode == 0 and "SUCCEEDED" in again.stdout + again.stderr, again.stdout[-3000:]
+    rows = read_metrics_csv(tmp_path / "e2e" / "A" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["started_at_epoch"] >= 1  # resumed from a checkpoint, not from scratch
+
+    out = tmp_path / "eval"
+    ev = submit(head, "jobs/eval_ensemble.py", "--model", f"A={tmp_path / 'e2e' / 'A'}", "--model",
+                f"A2={tmp_path / 'e2e' / 'A' / 'checkpoint_epoch001' / 'model.pt'}", "--data", demo_shards,
+                "--methods", "dense", "--out", str(out))
+    assert ev.returncode == 0 and "SUCCEEDED" in ev.stdout + ev.stderr, ev.stdout[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert any(sorted(r["models"]) == ["A", "A2"] for r in rows)
+
+
+def test_reproduce_chain_smoke(ray_local, demo_shards, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_job", ROOT / "jobs" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--cpu", "--workers", "1",
+            "--max-epochs", "1", "--storage", str(tmp_path), "--name", "chain", "--limit", "20"]
+    summary = mod.main(argv)
+    assert [s["skipped"] for s in summary] == [False] * 7
+    exp = tmp_path / "chain"
+    for run in ("S256/A", "S256/D", "S384/D", "S256-512/D"):
+        assert (exp / run / "done.json").exists() and (exp / run / "best.pt").exists(), run
+    cfg = json.loads((exp / "S384" / "D" / "config.json").read_text())
+    assert cfg["init"].endswith("S256/D") and cfg["lr"] == pytest.approx(1e-3)
+    final = json.loads((exp / "eval" / "stage6" / "results.json").read_text())
+    assert {r["method"] for r in final} >= {"dense", "multi-crop", "multi-crop+dense"}
+    # a resubmission skips every finished stage
+    assert all(s["skipped"] for s in mod.main(argv))
