@@ -13,7 +13,8 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    ctx = ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+    # address="local": always a new instance of our own, never a Ray head found running on the machine
+    ctx = ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
                    runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
     try:
         yield ctx

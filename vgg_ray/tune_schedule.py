@@ -5,7 +5,7 @@ Each epoch, rank 0's reduced validation accuracy travels Train -> TuneReportCall
 actor, `ScheduleBoard`, which every rank asks for "the rate after epoch e" before epoch e+1; the call
 returns once the Tune callback has decided, so all ranks switch rate at the same epoch. Replays are
 idempotent (a restarted worker group reports an epoch again), and workers seed the board from their
-checkpoint, so a resubmitted run (new driver, new board) continues the schedule where it stopped.
+checkpoint, so a restarted worker group or a resubmitted run continues the schedule where it stopped.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ class ScheduleBoard:
         self._changed = asyncio.Condition()
 
     async def seed(self, key: str, state: dict) -> dict:
-        """Install a schedule (from a checkpoint or a fresh run) unless the board already knows a later one."""
+        """Install the schedule a worker group starts from. Its checkpoint is the truth: after a restart
+        that lost an epoch the board may know a later epoch, which is now to be trained (and observed)
+        again; after a run was deleted and started afresh the board's state is stale."""
         async with self._changed:
-            cur = self._states.get(key)
-            if cur is None or state["last_epoch"] > cur.last_epoch:
-                self._states[key] = PlateauSchedule.from_state(state)
-                self._changed.notify_all()
-            return self._states[key].state_dict()
+            self._states[key] = PlateauSchedule.from_state(state)
+            self._changed.notify_all()
+            return state
 
     async def observe(self, key: str, epoch: int, top1_acc: float) -> dict:
         async with self._changed:
@@ -56,8 +56,11 @@ class ScheduleBoard:
 
 
 def board():
-    """The board of this Ray job, created on first use (by the driver, before the trials start)."""
-    return ScheduleBoard.options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True).remote()
+    """The cluster's board, created on first use. Detached: a stopped job's board would otherwise die
+    while its resubmission's workers and Tune driver look it up, and they could end up on two boards.
+    It holds a few numbers per run and needs no CPU."""
+    return ScheduleBoard.options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True,
+                                 lifetime="detached").remote()
 
 
 class PlateauCallback(tune.Callback):
