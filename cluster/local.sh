@@ -36,7 +36,8 @@ demo() {
   ray start --head --block --port="$port" --dashboard-host=127.0.0.1 --dashboard-port="$dash" \
     --num-cpus=8 --include-dashboard=true >"$logdir/head.log" 2>&1 &
   head_pid=$!
-  trap 'kill -TERM '"$head_pid"' 2>/dev/null; wait '"$head_pid"' 2>/dev/null; echo "stopped the local Ray head (pid '"$head_pid"')"' EXIT
+  # keep the script's own exit status: the head's TERM status is not the demo's
+  trap 'rc=$?; kill -TERM '"$head_pid"' 2>/dev/null || true; wait '"$head_pid"' 2>/dev/null || true; echo "stopped the local Ray head (pid '"$head_pid"')"; exit $rc' EXIT
   export RAY_ADDRESS="http://127.0.0.1:$dash"
   for _ in $(seq 120); do
     ray job list >/dev/null 2>&1 && break
