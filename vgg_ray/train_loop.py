@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -180,11 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
                   f"top-1 err {row['top1_err']:.1f}% top-5 err {row['top5_err']:.1f}% "
                   f"({row['images_per_s']:.0f} img/s, {row['epoch_s']:.1f} s)", flush=True)
         ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:03d}")
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                import shutil
-
-                shutil.rmtree(tmp)
+        if tmp is not None:  # Ray Train has copied the checkpoint to storage
+            shutil.rmtree(tmp, ignore_errors=True)
         _maybe_crash(config.get("crash"), epoch, rank, world)
 
 
