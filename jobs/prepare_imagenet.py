@@ -6,57 +6,41 @@
 Runs on the Ray cluster of a submitted job (RAY_ADDRESS), else on a local Ray with this machine's CPUs.
 --src must be readable at the same path on every node (a shared file system); --out may be any pyarrow
 URI. Re-running is safe and resumes: finished shards are kept, the manifest comes last (see
-vgg_ray/imagenet.py: convert). Layouts, quirks and the data format: README, "ImageNet shards".
+vgg_ray/imagenet/convert.py). Layouts, quirks and the data format: README, "ImageNet shards".
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
-import ray
-
-from vgg_ray import imagenet
-from vgg_ray.session import connect
+from vgg_ray.imagenet.convert import DEFAULT_SHARD_MB, DEFAULT_STATS_SAMPLE
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--src", required=True, help="ImageNet folder holding train/ and val/ (or the Kaggle ILSVRC/)")
     p.add_argument("--out", required=True, help="output folder or URI (s3://..., gs://...)")
-    p.add_argument("--shard-mb", type=float, default=imagenet.DEFAULT_SHARD_MB,
-                   help=f"source MB per shard (default {imagenet.DEFAULT_SHARD_MB}: object-storage sized)")
-    p.add_argument("--stats-sample", type=int, default=imagenet.DEFAULT_STATS_SAMPLE,
-                   help="training images sampled for the mean RGB and its PCA "
-                        f"(default {imagenet.DEFAULT_STATS_SAMPLE})")
-    return p.parse_args(argv)
-
-
-def ray_map(fn, args: list):
-    """Run fn over args as Ray tasks (1 CPU each, retried on node loss: a shard write is idempotent);
-    yield results as they finish, with a progress line per shard."""
-    task = ray.remote(num_cpus=1, max_retries=3)(fn)
-    pending = [task.remote(a) for a in args]
-    start, done, rows = time.time(), 0, 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        info = ray.get(ready[0])
-        done, rows = done + 1, rows + info["rows"]
-        rate = rows / max(time.time() - start, 1e-9)
-        print(f"[{done}/{len(args)}] {info['split']}/{info['name']}: {info['rows']} images, "
-              f"{len(info['skipped'])} skipped; {rows} images so far, {rate:.0f}/s", flush=True)
-        yield info
+    p.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB,
+                   help=f"source MB per shard at most (default {DEFAULT_SHARD_MB}: object-storage sized)")
+    p.add_argument("--stats-sample", type=int, default=DEFAULT_STATS_SAMPLE,
+                   help=f"training images sampled for the mean RGB and its PCA (default {DEFAULT_STATS_SAMPLE})")
+    args = p.parse_args(argv)
+    if not Path(args.src).is_dir():
+        p.error(f"--src {args.src}: not a folder")
+    if args.shard_mb <= 0 or args.stats_sample < 0:
+        p.error(f"--shard-mb {args.shard_mb} must be > 0 and --stats-sample {args.stats_sample} >= 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    if not Path(args.src).is_dir():
-        raise SystemExit(f"--src {args.src}: not a folder")
+    from vgg_ray.distributed.convert import convert  # imports Ray: after the flags are checked
+    from vgg_ray.distributed.session import connect
+
     connect(os.cpu_count() or 1)  # the cluster of a submitted job / RAY_ADDRESS, else a local Ray
-    manifest = imagenet.convert(args.src, args.out, shard_mb=args.shard_mb, stats_sample=args.stats_sample,
-                                map_fn=ray_map, log=lambda line: print(line, flush=True))
+    manifest = convert(args.src, args.out, shard_mb=args.shard_mb, stats_sample=args.stats_sample)
     print(f"wrote {args.out}: {manifest['counts']['train']} train, {manifest['counts']['val']} val images "
           f"in {manifest['shards']['train']} + {manifest['shards']['val']} shards, "
           f"{manifest['num_classes']} classes; {len(manifest['skipped'])} files skipped "

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vgg_ray.config import add_arguments, from_args
+from vgg_ray.config import TrainConfig, add_arguments, from_args
 from vgg_ray.models import ARCHS
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--init-a", default="glorot", choices=("glorot", "gaussian"),
                         help="initialisation of A (and A-LRN), trained from scratch")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N validation images only")
-    add_arguments(parser, skip=("arch", "train_scale", "init"))
+    add_arguments(parser, TrainConfig, skip=("arch", "train_scale", "init"))
     args = parser.parse_args(argv)
     archs = list(ARCHS) if args.archs == "all" else [a.strip() for a in args.archs.split(",") if a.strip()]
     bad = [a for a in archs if a not in ARCHS]
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.name is None:
         args.name = "reproduce"
     try:
-        base = from_args(args, arch="A")
+        base = from_args(args, TrainConfig, arch="A")
     except ValueError as e:
         parser.error(str(e))
 
-    from vgg_ray.reproduce import run  # imports Ray: after the flags are checked
+    from vgg_ray.distributed.reproduce import run  # imports Ray: after the flags are checked
 
     summary = run(base, archs, init_a=args.init_a, limit=args.limit)
     print(json.dumps(summary, indent=2))

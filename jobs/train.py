@@ -12,30 +12,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vgg_ray.config import add_arguments, from_args
+from vgg_ray.config import TrainConfig, add_arguments, from_args
 from vgg_ray.models import ARCHS
 
 
 def parse_archs(text: str) -> list[str]:
     archs = list(ARCHS) if text == "all" else [a.strip() for a in text.split(",") if a.strip()]
-    bad = [a for a in archs if a not in ARCHS]
-    if bad or not archs:
-        raise SystemExit(f"--arch {text!r}: expected A, A-LRN, B, C, D, E, a comma list of them, or all")
+    if not archs or any(a not in ARCHS for a in archs):
+        raise ValueError(f"--arch {text!r}: expected {', '.join(ARCHS)}, a comma list of them, or all")
     return archs
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="A", help="A, A-LRN, B, C, D, E, a comma list, or all")
-    add_arguments(parser, skip=("arch",))
+    parser.add_argument("--arch", default="A", help="A, A-LRN, B, C, D, E, a comma list, or all (default A)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration of each arch and exit, without starting Ray")
+    add_arguments(parser, TrainConfig, skip=("arch",))
     args = parser.parse_args(argv)
-    archs = parse_archs(args.arch)
-    try:
-        cfgs = [from_args(args, arch=a) for a in archs]
-    except ValueError as e:  # every flag is checked before any work starts
+    try:  # every flag is checked before any work starts
+        cfgs = [from_args(args, TrainConfig, arch=a) for a in parse_archs(args.arch)]
+    except ValueError as e:
         parser.error(str(e))
+    if args.print_config:
+        print("\n".join(c.to_json() for c in cfgs))
+        return {}
 
-    from vgg_ray.trainer import train  # imports Ray: after the flags are known to be good
+    from vgg_ray.distributed.trainer import train  # imports Ray: after the flags are known to be good
 
     runs = train(cfgs)
     for arch, run_dir in runs.items():

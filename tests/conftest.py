@@ -26,7 +26,7 @@ def ray_local():
 def demo_tree(tmp_path_factory) -> str:
     """A tiny demo source tree in the ImageNet layout (flat val/ + LOC_val_solution.csv): 10 classes,
     20 train images each plus 4 quirk files (one of them truncated), 6 val images each."""
-    from vgg_ray import demo
+    from vgg_ray.imagenet import demo
 
     root = tmp_path_factory.mktemp("demo_src")
     demo.make_tree(root, train_per_class=20, val_per_class=6, seed=0)
@@ -36,9 +36,9 @@ def demo_tree(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def demo_shards(demo_tree, tmp_path_factory) -> str:
     """`demo_tree` converted without Ray (the converter's pure path): the shards root, as str. 203 train
-    rows in 6 shards, 60 val rows in 2 shards, 10 classes; images 48-160 px a side. About 1 s."""
-    from vgg_ray import imagenet
+    rows in 8 shards, 60 val rows in 2, 10 classes; images 48-160 px a side. About 1 s."""
+    from vgg_ray.imagenet import convert
 
     out = tmp_path_factory.mktemp("demo_shards")
-    imagenet.convert(demo_tree, str(out), shard_mb=0.2, stats_sample=100)
+    convert.convert(demo_tree, str(out), shard_mb=0.2, stats_sample=100)
     return str(out)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 from vgg_ray.evaluation import (
-    BOTH,
     DENSE,
     MULTI_CROP,
     PosteriorTable,
@@ -23,13 +18,10 @@ from vgg_ray.evaluation import (
     multi_crop_and_dense,
     multi_crop_posteriors,
     multi_crop_views,
-    resolve_test_scales,
-    result_rows,
-    results_markdown,
-    scales_px,
     topk_errors,
 )
 from vgg_ray.models import build_vgg
+from vgg_ray.scales import scales_px
 
 CROP = 32
 MEAN = [120.0, 110.0, 100.0]
@@ -156,16 +148,6 @@ def test_topk_errors_by_hand():
     assert topk_errors(P_DENSE, torch.tensor([2, 0])) == (100.0, 0.0)
 
 
-def test_default_scales_follow_section_3_2():
-    assert resolve_test_scales({"train_scale": [256, 256]}) == (224, 256, 288)
-    assert resolve_test_scales({"train_scale": [384, 384]}) == (352, 384, 416)
-    assert resolve_test_scales({"train_scale": [256, 512]}) == (256, 384, 512)
-    assert resolve_test_scales({"train_scale": [256, 512]}, override=[512, 256]) == (256, 512)
-    assert resolve_test_scales({}) == (224, 256, 288)  # torchvision weights: treated as S = 256
-    with pytest.raises(ValueError, match="--scales"):
-        resolve_test_scales({}, override=[200])
-
-
 def _filled_table():
     """Two models, two methods, Q = {256, 384}, two images, with posteriors chosen by hand."""
     scales = {"D": (256, 384), "E": (256, 384)}
@@ -195,35 +177,3 @@ def test_posterior_table_counts_each_image_once_and_averages_scales():
     partial.add("D", DENSE, 256, 0, ["a", "b"], [0, 1], np.ones((2, 3), np.float32) / 3)
     with pytest.raises(RuntimeError, match="1 images never evaluated"):
         partial.check_complete()
-
-
-def test_result_rows_and_tables_against_hand_computed_errors():
-    table, post = _filled_table()
-    rows = result_rows(table)
-    by = {(tuple(r["models"]), r["method"], tuple(r["scales"])): r for r in rows}
-    # D dense at Q=256 alone: both right; at 384 both wrong; averaged over Q: [.3,.6,.1] right,
-    # [.45,.1,.45] -> argmax 0 (first of the tie), wrong.
-    assert (by[("D",), DENSE, (256,)]["top1_err"], by[("D",), DENSE, (384,)]["top1_err"]) == (0.0, 100.0)
-    assert by[("D",), DENSE, (256, 384)]["top1_err"] == 50.0
-    # D multi-crop+dense: a: ([.3,.6,.1] + [.2,.6,.2]) / 2 right; b: ([.45,.1,.45] + [.6,.3,.1]) / 2 wrong.
-    assert by[("D",), BOTH, (256, 384)]["top1_err"] == 50.0
-    # Fusion D+E, dense: a: ([.3,.6,.1] + [.7,.2,.1]) / 2 = [.5,.4,.1] wrong; b: [.325,.15,.525] right.
-    fused = by[("D", "E"), DENSE, (256, 384)]
-    assert fused["top1_err"] == 50.0 and fused["n_images"] == 2
-    # Fusion D+E, multi-crop: a: [.3,.45,.25] right; b: [.5,.2,.3] wrong.
-    assert by[("D", "E"), MULTI_CROP, (256, 384)]["top1_err"] == 50.0
-    assert all(r["top5_err"] == 0.0 for r in rows)  # 3 classes
-    # Every model alone per method and Q set, per single Q, and the fusion for each of three methods.
-    assert len(rows) == 2 * (2 * 2 + 3) + 3
-    assert json.loads(json.dumps(rows)) == rows
-    meta = {m: {"arch": m, "train_scale": [256, 512], "scales": [256, 384]} for m in ("D", "E")}
-    md = results_markdown(rows, meta, "demo")
-    for heading in ("Table 3", "Table 4", "Table 5", "Table 6"):
-        assert heading in md
-    assert "| D | D | [256;512] | 256,384 | 50.0 / 0.0 |" in md
-    assert "| D + E | 256,384 | multi-crop+dense |" in md
-
-
-def test_evaluation_module_does_not_import_ray():
-    code = "import sys, vgg_ray.evaluation; assert 'ray' not in sys.modules, 'ray imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)

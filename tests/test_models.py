@@ -165,17 +165,6 @@ def test_torchvision_depth_mismatch_is_a_clear_error():
             to_torchvision_state_dict(build_vgg("C"))
 
 
-def test_pure_modules_do_not_import_ray():
-    code = ("import sys, vgg_ray, vgg_ray.models, vgg_ray.transforms, vgg_ray.config, vgg_ray.checkpoints\n"
-            "for name in ['vgg_ray.evaluation', 'vgg_ray.schedule', 'vgg_ray.shards', 'vgg_ray.imagenet',\n"
-            "             'vgg_ray.demo', 'vgg_ray.metrics']:\n"
-            "    try:\n        __import__(name)\n    except ModuleNotFoundError as e:\n"
-            "        if e.name != name: raise\n"
-            "vgg_ray.build_vgg('A', width=1/16, fc_width=8, crop_size=32)\n"
-            "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_zoo_summary_command_prints_table_2():
     out = subprocess.run([sys.executable, "-m", "vgg_ray.models"], check=True, capture_output=True,
                          text=True).stdout

@@ -53,11 +53,13 @@ def test_decode_rescaled_any_mode_gives_rgb(mode, fmt):
     assert np.abs(out.reshape(-1, 3).mean(0) - want).max() < 6
 
 
-def test_decode_rescaled_rejects_garbage():
-    with pytest.raises((OSError, ValueError)):
-        T.decode_rescaled(b"not an image", 32)
-    with pytest.raises(OSError):
-        T.decode_rescaled(jpeg(smooth_image(200, 150))[:800], 64)  # truncated
+def test_decode_rescaled_raises_one_exception_type_for_what_is_not_an_image():
+    for data, reason in [(b"not an image", "cannot identify image file"), (b"", "cannot identify"),
+                         (jpeg(smooth_image(200, 150))[:800], "truncated")]:
+        with pytest.raises(T.UndecodableImage, match=reason):
+            T.decode_rescaled(data, 64)
+    with pytest.raises(TypeError):  # a bug is not an undecodable image: it goes through
+        T.decode_rescaled(jpeg(smooth_image(200, 150)), "64")
 
 
 def test_random_crop_flip_is_a_window_or_its_mirror_and_uniform():

@@ -1,27 +1,5 @@
-"""vgg_ray: the VGG paper reproduced on Ray. Importing the package never imports Ray (or even torch,
-until a name below is used)."""
+"""vgg_ray: the VGG paper (Simonyan & Zisserman, ICLR 2015) reproduced on Ray.
 
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "ARCHS": "vgg_ray.models",
-    "VGG": "vgg_ray.models",
-    "build_vgg": "vgg_ray.models",
-    "count_params": "vgg_ray.models",
-    "forward_macs": "vgg_ray.models",
-    "load_torchvision_state_dict": "vgg_ray.models",
-    "to_torchvision_state_dict": "vgg_ray.models",
-    "torchvision_arch": "vgg_ray.models",
-    "transfer_init": "vgg_ray.models",
-    "TrainConfig": "vgg_ray.config",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vgg_ray' has no attribute {name!r}")
+The package root is the pure PyTorch core and never imports Ray; `vgg_ray.imagenet` is the shard format
+and converter; `vgg_ray.distributed` is all the Ray glue. See README.md, "Layout".
+"""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vgg_ray.config import TrainConfig
+from vgg_ray.engine import build_model
 from vgg_ray.models import VGG, build_vgg, load_torchvision_state_dict, torchvision_arch
 
 # torchvision's ImageNet weights expect (x/255 - mean) / std; in 0-255 units:
@@ -80,9 +82,8 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
     path = resolve_source(source, arch)
     blob = _load(path)
     if "model" in blob and "arch" in blob:
-        cfg = blob.get("config") or {}
-        model = build_vgg(blob["arch"], num_classes=blob["num_classes"], width=cfg.get("width", 1.0),
-                          fc_width=cfg.get("fc_width", 4096), crop_size=cfg.get("crop_size", 224))
+        cfg = TrainConfig.from_dict({**(blob.get("config") or {}), "arch": blob["arch"]})
+        model = build_model(cfg, blob["num_classes"])
         model.load_state_dict(blob["model"])
         info = {k: v for k, v in blob.items() if k != "model"}
     else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files

@@ -1,8 +1,8 @@
-"""The typed training configuration: named presets (`paper`, `smoke`), validation, and CLI flags.
+"""The typed configurations: `TrainConfig` (with named presets, `paper` and `smoke`) and `EvalConfig`,
+validated on construction, and one CLI flag generator for both. Pure Python.
 
-Scales are given in the paper's units (pixels at a 224 crop: S=256, Q=384, ...). A preset with a smaller
-crop scales them by crop/224, so the smoke preset keeps the paper's geometry: crop 32, S=256 -> 37 px.
-The same object is parsed from the CLI, travels to Ray workers as `asdict()`, and is saved with each run.
+The same object is parsed from the CLI, travels to Ray workers as `to_dict()`, and is saved with each run.
+Scales are in the paper's units (see vgg_ray/scales.py).
 """
 
 from __future__ import annotations
@@ -10,67 +10,64 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 
+from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS
+from vgg_ray.scales import parse_scale, parse_test_scales, scale_to_px, single_test_scale
 
-PAPER_CROP = 224
-
-
-def parse_scale(text: str | int | tuple | list) -> tuple[int, int]:
-    """'256' -> (256, 256); '256-512' or '256:512' -> (256, 512); a pair passes through."""
-    if isinstance(text, (tuple, list)):
-        lo, hi = (int(v) for v in text)
-    elif isinstance(text, int):
-        lo = hi = text
-    else:
-        parts = str(text).replace(":", "-").split("-")
-        try:
-            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
-        except ValueError:
-            lo = hi = None
-        if lo is None:
-            raise ValueError(f"train scale {text!r}: expected S (e.g. 256) or S_min-S_max (e.g. 256-512)")
-    if lo < PAPER_CROP or hi < lo:
-        raise ValueError(f"train scale {text!r}: need {PAPER_CROP} <= S_min <= S_max (§3.1: S >= 224)")
-    return lo, hi
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
 
 
-def default_test_scales(train_scale: tuple[int, int]) -> tuple[int, ...]:
-    """§3.2: Q = {S-32, S, S+32} for a fixed S; {S_min, (S_min+S_max)/2, S_max} for jittered S."""
-    lo, hi = train_scale
-    return (lo - 32, lo, lo + 32) if lo == hi else (lo, (lo + hi) // 2, hi)
+def _f(default, help: str, **meta):
+    """A config field: its default, its --help text and, in `meta`, how its flag parses (choices,
+    repeat=True for a flag given once per item, required=True, metavar)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
 
 
-def single_test_scale(train_scale: tuple[int, int]) -> int:
-    """§3.2: single-scale evaluation uses Q = S, or Q = (S_min + S_max)/2 for jittered S."""
-    return (train_scale[0] + train_scale[1]) // 2
+class _Config:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
 
 
-def scale_to_px(scale: int, crop_size: int) -> int:
-    """A paper-unit scale (at crop 224) in pixels for this crop size, never below the crop."""
-    return max(crop_size, int(round(scale * crop_size / PAPER_CROP)))
-
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
+    for name, (accepted, ok) in rules.items():
+        if not ok(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {accepted}")
 
 
 @dataclass
-class TrainConfig:
-    arch: str = _f("A", "configuration of Table 1: A, A-LRN, B, C, D or E")
+class TrainConfig(_Config):
+    arch: str = _f("A", "configuration of Table 1", choices=list(ARCHS))
     data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
-    preset: str = _f("paper", "'paper' (the paper's numbers) or 'smoke' (tiny, for CPU runs and tests)")
-    train_scale: tuple[int, int] = _f((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)")
+    preset: str = _f("paper", "'paper' (the paper's numbers) or 'smoke' (tiny, for CPU runs and tests)",
+                     choices=["paper", "smoke"])
+    train_scale: tuple[int, int] = _f((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)",
+                                      metavar="S|SMIN-SMAX")
     crop_size: int = _f(224, "training crop side, pixels (224 in the paper)")
     width: float = _f(1.0, "channel multiplier of the conv layers (1 in the paper)")
     fc_width: int = _f(4096, "channels of fc6 and fc7 (4096 in the paper)")
     batch_size: int = _f(256, "global mini-batch, images, whatever the number of workers (§3.1: 256)")
-    micro_batch: int = _f(0, "images per worker per forward pass; 0 = batch_size/workers (gradient accumulation below that)")
+    micro_batch: int = _f(0, "images per worker per forward pass; 0 = batch_size/workers (gradient "
+                             "accumulation below that)")
     lr: float = _f(1e-2, "initial learning rate (§3.1: 1e-2; 1e-3 for S=384 from S=256)")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "L2 penalty multiplier")
-    dropout: float = _f(0.5, "dropout after fc6 and fc7")
+    momentum: float = _f(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
+    dropout: float = _f(0.5, "dropout ratio after fc6 and fc7, in [0, 1)")
     plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
     max_lr_decreases: int = _f(3, "§3.1: the rate was divided 3 times; the next plateau ends training")
     max_epochs: int = _f(74, "hard stop, epochs (§3.1: 74)")
@@ -96,17 +93,22 @@ class TrainConfig:
             raise ValueError(f"--init {self.init!r}: expected glorot, gaussian or from:RUN_DIR_OR_CHECKPOINT")
         if self.init == "from:":
             raise ValueError("--init from: needs a run directory or checkpoint after the colon")
-        for name in ("batch_size", "workers", "max_epochs", "fc_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        _check_ranges(self, {
+            "batch_size": (">= 1", lambda v: v >= 1), "workers": (">= 1", lambda v: v >= 1),
+            "max_epochs": (">= 1", lambda v: v >= 1), "fc_width": (">= 1", lambda v: v >= 1),
+            "lr": ("> 0", lambda v: v > 0), "width": ("> 0", lambda v: v > 0),
+            "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
+            "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "init_std": ("> 0", lambda v: v > 0),
+            "colour_shift_std": (">= 0", lambda v: v >= 0), "plateau_patience": (">= 1", lambda v: v >= 1),
+            "max_lr_decreases": (">= 0", lambda v: v >= 0), "max_failures": (">= 0", lambda v: v >= 0),
+            "micro_batch": (">= 0", lambda v: v >= 0),
+        })
         if self.batch_size % self.workers:
             raise ValueError(f"--batch-size {self.batch_size} is not divisible by --workers {self.workers}: "
                              "every worker takes an equal share of the global batch")
-        if self.micro_batch < 0 or (self.micro_batch and self.per_worker_batch % self.micro_batch):
+        if self.micro_batch and self.per_worker_batch % self.micro_batch:
             raise ValueError(f"--micro-batch {self.micro_batch} must divide the per-worker batch "
                              f"{self.per_worker_batch}")
-        if not (self.lr > 0 and self.width > 0 and self.plateau_patience >= 1 and self.max_lr_decreases >= 0):
-            raise ValueError("--lr and --width must be > 0, --plateau-patience >= 1, --max-lr-decreases >= 0")
         if not self.name:
             lo, hi = self.train_scale
             self.name = f"{self.preset}-S{lo}" + (f"-{hi}" if hi != lo else "")
@@ -116,8 +118,8 @@ class TrainConfig:
         return self.batch_size // self.workers
 
     @property
-    def accumulation_steps(self) -> int:
-        return self.per_worker_batch // self.micro_batch if self.micro_batch else 1
+    def micro(self) -> int:
+        return self.micro_batch or self.per_worker_batch
 
     @property
     def train_scale_px(self) -> tuple[int, int]:
@@ -127,25 +129,18 @@ class TrainConfig:
     def val_scale_px(self) -> int:
         return scale_to_px(single_test_scale(self.train_scale), self.crop_size)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def model_kwargs(self) -> dict:
+        """build_vgg's keyword arguments (all but arch and num_classes): the one place a config says
+        what net it trains."""
+        return {"width": self.width, "fc_width": self.fc_width, "crop_size": self.crop_size,
+                "dropout": self.dropout, "init": "glorot" if self.init.startswith("from:") else self.init,
+                "init_std": self.init_std}
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides) -> TrainConfig:
         if preset not in PRESETS:
             raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # Named presets: the fields they change from the dataclass defaults (which are the paper's).
@@ -160,21 +155,120 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field; defaults are left None so the preset can fill them."""
-    for f in fields(TrainConfig):
+def parse_methods(text: str | list | tuple) -> tuple[str, ...]:
+    """'dense', 'multi-crop', 'both' (= dense and multi-crop, reported with their average too), or a
+    comma list of these; -> the network methods to run."""
+    words = text.split(",") if isinstance(text, str) else list(text)
+    out = set()
+    for w in (w.strip() for w in words if w.strip()):
+        if w in ("both", "multi-crop+dense"):
+            out.update(NETWORK_METHODS)
+        elif w in NETWORK_METHODS:
+            out.add(w)
+        else:
+            raise ValueError(f"--methods {text!r}: {w!r} is not one of dense, multi-crop, both")
+    if not out:
+        raise ValueError(f"--methods {text!r}: name at least one of dense, multi-crop, both")
+    return tuple(m for m in NETWORK_METHODS if m in out)
+
+
+def parse_models(items) -> dict[str, str]:
+    """['D=runs/x/D', ...] (or a dict) -> {NAME: SOURCE}; each NAME once, a file-name-safe word."""
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for text in items:
+            name, sep, source = str(text).partition("=")
+            if not sep or not name or not source:
+                raise ValueError(f"--model {text!r}: expected NAME=SOURCE, e.g. D=runs/paper/D")
+            pairs.append((name, source))
+    if not pairs:
+        raise ValueError("--model NAME=SOURCE: give at least one model")
+    models = dict(pairs)
+    if len(models) != len(pairs):
+        raise ValueError("--model: each NAME may be given once")
+    for name in models:
+        if not NAME_RE.match(name):
+            raise ValueError(f"--model {name}=...: a name is letters, digits and _.+- (it names files)")
+    return models
+
+
+@dataclass
+class EvalConfig(_Config):
+    models: dict[str, str] = _f({}, "a model to evaluate, repeat for fusion: a run directory (its best.pt), "
+                                "a checkpoint or a torchvision .pth", repeat=True, flag="--model",
+                                metavar="NAME=SOURCE", required=True)
+    data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
+    out: str = _f("eval", "output directory or URI", required=True)
+    scales: tuple[int, ...] = _f((), "Q1,Q2,... in paper units (default per model, §3.2: S-32,S,S+32 for "
+                                 "fixed S; S_min,(S_min+S_max)/2,S_max for jittered S)", metavar="Q1,Q2,...")
+    methods: tuple[str, ...] = _f("both", "dense, multi-crop, or both (adds multi-crop+dense)")
+    limit: int = _f(0, "evaluate the first N validation images only; 0 = all")
+    split: str = _f("val", "the split of --data to evaluate", choices=["val", "train"])
+    slice_images: int = _f(0, "images per piece of work; 0 = enough pieces for every actor to stay busy")
+    workers: int = _f(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs")
+    cpus_per_worker: int = _f(0, "CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto")
+    max_batch: int = _f(250, "crops (or crop-equivalents of pixels, for dense) per forward pass")
+    cpu: bool = _f(False, "evaluate on CPUs even when the cluster has GPUs")
+    max_retries: int = _f(3, "restarts of a dead actor, and retries of its piece")
+
+    def __post_init__(self) -> None:
+        self.models = parse_models(self.models)
+        self.methods = parse_methods(self.methods)
+        self.scales = parse_test_scales(self.scales)
+        _check_ranges(self, {flag: (">= 0", lambda v: v >= 0)
+                             for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries")})
+        _check_ranges(self, {"max_batch": (">= 1", lambda v: v >= 1)})
+
+
+# ---- the CLI: one flag per field ----
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return "-".join(map(str, value)) if len(set(value)) > 1 else str(value[0]) if value else "none"
+    return "none" if value in ("", {}) else str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of `cls`. Flags default to None so that a preset can fill what the user left
+    out; --help shows each default, and for TrainConfig each preset's value where it differs."""
+    for f in fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = f"default {_shown(default)}"
+        if cls is TrainConfig:
+            shown += "".join(f"; {p} preset {_shown(v[f.name])}" for p, v in PRESETS.items() if f.name in v)
+        if meta.get("required"):
+            shown = "required"
+        kw = {"help": f"{meta['help']} ({shown})", "default": None}
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
+            parser.add_argument(_flag(f), action="store_true", **kw)
+            continue
+        if meta.get("repeat"):
+            kw["action"] = "append"
+        kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(_flag(f), dest=f.name, **kw)
 
 
-def from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
-    """Build a TrainConfig from parsed flags: preset defaults, overridden by the flags a user gave."""
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if getattr(args, f.name, None) is not None and f.name != "preset"}
-    return TrainConfig.from_preset(getattr(args, "preset", None) or "paper", **{**given, **fixed})
+def from_args(args: argparse.Namespace, cls=TrainConfig, **fixed):
+    """A config from parsed flags: the flags the user gave over the preset's values (TrainConfig) or
+    the defaults. Raises ValueError with a message that names the flag."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    missing = [_flag(f) for f in fields(cls) if f.metadata.get("required") and f.name not in {**given, **fixed}]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} is required")
+    if cls is TrainConfig:
+        preset = given.pop("preset", None) or "paper"
+        return TrainConfig.from_preset(preset, **{**given, **fixed})
+    return cls(**{**given, **fixed})

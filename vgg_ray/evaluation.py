@@ -1,21 +1,19 @@
 """§3.2's test protocol: dense and multi-crop evaluation, their combination, multi-scale averaging,
-ConvNet fusion, top-1/top-5 errors, and the result tables in the layout of Tables 3-6. Pure PyTorch.
+ConvNet fusion, top-1/top-5 errors. Pure PyTorch.
 
 Every method produces soft-max class posteriors [N, classes]; combining methods, scales or models is
 always the plain average of posteriors (§3.2), so `average` is the one combination rule. Errors are in
-percent. Scales (Q) are in the paper's units (pixels at a 224 crop) unless a name ends in `_px`.
-`eval_job.py` fans these functions out over a Ray cluster; nothing here imports Ray.
+percent. vgg_ray/distributed/evaluate.py fans these functions out over a Ray cluster; report.py turns
+the collected posteriors into the paper's tables.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from vgg_ray.config import default_test_scales, parse_scale, scale_to_px
 from vgg_ray.models import VGG
 from vgg_ray.transforms import to_float_nchw
 
@@ -23,10 +21,6 @@ DENSE, MULTI_CROP, BOTH = "dense", "multi-crop", "multi-crop+dense"
 METHODS = (DENSE, MULTI_CROP, BOTH)
 NETWORK_METHODS = (DENSE, MULTI_CROP)  # the two that run a network; BOTH is their average
 GRID = 5  # §3.2: a 5x5 regular grid of crops per scale, each also flipped: 50 crops per scale
-
-# A torchvision .pth carries no training scale. torchvision's reference recipe evaluates at a 256-pixel
-# resize, so such weights are treated as S = 256 (Q = {224, 256, 288} by §3.2); --scales overrides.
-FALLBACK_TRAIN_SCALE = (256, 256)
 
 
 # ---- the two evaluation methods ----
@@ -167,33 +161,6 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float
     return tuple(100.0 * (1.0 - topk_correct(probs, labels, k).float().mean().item()) for k in (1, 5))
 
 
-# ---- test scales ----
-
-def train_scale_of(config: Mapping | None) -> tuple[int, int] | None:
-    """S (or [S_min, S_max]) in paper units from a saved TrainConfig dict; None when it has none."""
-    if not config or config.get("train_scale") is None:
-        return None
-    return parse_scale(config["train_scale"])
-
-
-def resolve_test_scales(config: Mapping | None, override: Sequence[int] | None = None) -> tuple[int, ...]:
-    """The Q set (paper units) a model is evaluated at: `override` (--scales) when given, else §3.2's
-    default from its training scale: {S-32, S, S+32} for fixed S, {S_min, (S_min+S_max)/2, S_max}
-    for jittered S."""
-    if override:
-        scales = tuple(int(q) for q in override)
-        bad = [q for q in scales if q < 224]
-        if bad:
-            raise ValueError(f"--scales {','.join(map(str, scales))}: Q must be >= 224 (the crop, in paper units)")
-        return tuple(sorted(set(scales)))
-    return tuple(default_test_scales(train_scale_of(config) or FALLBACK_TRAIN_SCALE))
-
-
-def scales_px(scales: Sequence[int], crop_size: int) -> tuple[int, ...]:
-    """Paper-unit Q values in pixels for a model of this crop size (crop 32: Q = 256 -> 37 px)."""
-    return tuple(scale_to_px(q, crop_size) for q in scales)
-
-
 # ---- collecting the pieces of a fan-out ----
 
 class PosteriorTable:
@@ -279,107 +246,3 @@ def available_methods(methods: Sequence[str]) -> list[str]:
     """The reported methods: those run, plus multi-crop+dense whenever both were run."""
     ran = [m for m in NETWORK_METHODS if m in methods]
     return ran + ([BOTH] if len(ran) == 2 else [])
-
-
-def result_rows(table: PosteriorTable) -> list[dict]:
-    """Rows for results.json: each model alone at each single Q (Table 3) and over its Q set (Tables 4-5),
-    per method; and every fusion of two or more models over their Q sets (Table 6)."""
-    names = list(table.scales)
-    labels = table.good_labels()
-    n_good, n_bad = int(table.good.sum()), int(table.bad.sum())
-
-    def row(models, method, errs):
-        scales = sorted({q for m in models for q in table.scales[m]})
-        return {"models": list(models), "method": method, "scales": scales,
-                "model_scales": {m: list(table.scales[m]) for m in models},
-                "top1_err": round(errs[0], 4), "top5_err": round(errs[1], 4),
-                "n_images": n_good, "n_skipped": n_bad}
-
-    rows = []
-    methods = available_methods(table.methods)
-    for name in names:
-        qs = table.scales[name]
-        if len(qs) > 1:
-            for method in table.methods:
-                for q in qs:
-                    rows.append({**row([name], method, table.single_scale_errors(name, method, q)),
-                                 "scales": [q], "model_scales": {name: [q]}})
-        for method in methods:
-            rows.append(row([name], method, topk_errors(table.posteriors(name, method), labels)))
-    for size in range(2, len(names) + 1):
-        for group in itertools.combinations(names, size):
-            for method in methods:
-                fused = fusion([table.posteriors(m, method) for m in group])
-                rows.append(row(group, method, topk_errors(fused, labels)))
-    return rows
-
-
-# ---- results.md in the layout of Tables 3-6 ----
-
-def _s(train_scale) -> str:
-    if not train_scale:
-        return "-"
-    lo, hi = train_scale
-    return str(lo) if lo == hi else f"[{lo};{hi}]"
-
-
-def _q(scales) -> str:
-    return ",".join(str(q) for q in scales)
-
-
-def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title: str = "") -> str:
-    """Markdown tables in the paper's layout. `meta[name]` has `arch` and `train_scale` (or None)."""
-    def err(r):
-        return f"{r['top1_err']:.1f}", f"{r['top5_err']:.1f}"
-
-    def model_cells(name):
-        return f"{name} | {meta[name].get('arch', '?')} | {_s(meta[name].get('train_scale'))}"
-
-    single = [r for r in rows if len(r["models"]) == 1]
-    full = [r for r in single if r["scales"] == list(meta[r["models"][0]]["scales"])]
-    lines = [f"# {title or 'Evaluation'}", ""]
-    n = rows[0]["n_images"] if rows else 0
-    skipped = rows[0].get("n_skipped", 0) if rows else 0
-    lines += [f"{n} validation images" + (f" ({skipped} undecodable, left out)" if skipped else "")
-              + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop).", ""]
-
-    per_q = [r for r in single if len(r["scales"]) == 1]
-    if per_q:
-        lines += ["## Single test scale (layout of Table 3)", "",
-                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in per_q]
-        lines.append("")
-    multi = [r for r in full if r["method"] != BOTH and len(r["scales"]) > 1]
-    if multi:
-        lines += ["## Multiple test scales (layout of Table 4)", "",
-                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in multi]
-        lines.append("")
-    methods = [m for m in METHODS if any(r["method"] == m for r in full)]
-    if full:
-        lines += ["## Evaluation methods (layout of Table 5)", "",
-                  "| model | arch | S | Q | " + " | ".join(m.replace("+", " & ") for m in methods) + " |",
-                  "|---|---|---|---|" + "---|" * len(methods)]
-        for name in meta:
-            cells = {r["method"]: "{} / {}".format(*err(r)) for r in full if r["models"] == [name]}
-            lines.append(f"| {model_cells(name)} | {_q(meta[name]['scales'])} | "
-                         + " | ".join(cells.get(m, "-") for m in methods) + " |")
-        lines.append("")
-    fused = [r for r in rows if len(r["models"]) > 1]
-    if fused:
-        lines += ["## ConvNet fusion (layout of Table 6)", "",
-                  "| models | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|"]
-        lines += [f"| {' + '.join(r['models'])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in fused]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def model_meta(info: Mapping, scales: Sequence[int]) -> dict:
-    """What results.md shows of a model: arch, training scale S (None for torchvision weights), Q set."""
-    cfg = info.get("config") or {}
-    ts = train_scale_of(cfg)
-    return {"arch": info.get("arch"), "train_scale": list(ts) if ts else None, "scales": list(scales),
-            "crop_size": int(cfg.get("crop_size", 224)), "preset": cfg.get("preset")}

@@ -1,8 +1,8 @@
 """Local paths and object-storage URIs (s3://, gs://, ...) behind one small interface. No Ray.
 
-Runs write small files (metrics.csv, curves.png, best.pt) every epoch. For a URI they are written to a
-local mirror first and then copied up with pyarrow's filesystem layer, the same one Ray Train uses for
-its checkpoints, so both land side by side under <storage>/<name>/<arch>/.
+Everything a run reads or writes goes through pyarrow's file systems, the layer Ray Train uses for its
+checkpoints, so a user may give a path or a URI anywhere. Runs write small files (metrics.csv, curves.png,
+best.pt) every epoch: for a URI they are written to a local mirror first and then copied up.
 """
 
 from __future__ import annotations
@@ -13,9 +13,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """(file system, path inside it) for a local path or a URI with a scheme."""
+    root = str(root)
+    if is_uri(root):
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
 
 
 def absolute(path: str) -> str:
@@ -24,7 +34,18 @@ def absolute(path: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
+    """A path or URI below `base` (a string join keeps a URI's scheme and its double slash intact)."""
     return "/".join([str(base).rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def cache_dir() -> Path:
+    """vgg_ray's cache on this machine: the demo data, the benchmark photos, mirrors of URI outputs."""
+    return Path(os.environ.get("VGG_RAY_CACHE") or Path.home() / ".cache" / "vgg_ray")
 
 
 @contextlib.contextmanager
@@ -34,20 +55,9 @@ def publish_dir(target: str) -> Iterator[str]:
         Path(target).mkdir(parents=True, exist_ok=True)
         yield target
         return
-    import pyarrow.fs as pafs
-
-    mirror = Path.home() / ".cache" / "vgg_ray" / "mirror" / hashlib.sha1(target.encode()).hexdigest()[:16]
+    mirror = cache_dir() / "mirror" / hashlib.sha1(target.encode()).hexdigest()[:16]
     mirror.mkdir(parents=True, exist_ok=True)
     yield str(mirror)
-    fs, path = pafs.FileSystem.from_uri(target)
+    fs, path = filesystem(target)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(str(mirror), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
-def exists(path: str) -> bool:
-    if not is_uri(path):
-        return os.path.exists(path)
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound

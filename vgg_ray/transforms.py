@@ -14,6 +14,15 @@ import torch
 from PIL import Image
 
 RESAMPLE = Image.Resampling.BILINEAR
+# What PIL raises on bytes that are not a readable image: truncated or empty files, HTML saved as .JPEG,
+# decompression bombs. (SyntaxError too: PIL's parsers raise it on malformed headers.)
+PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class UndecodableImage(ValueError):
+    """Bytes that do not decode to an image. The one exception every reader (training, validation,
+    evaluation, the converter, the benchmarks) counts, names and skips; any other exception is a bug
+    and goes through."""
 
 
 def rescaled_size(width: int, height: int, smallest_side: int) -> tuple[int, int]:
@@ -28,13 +37,16 @@ def decode_rescaled(data: bytes, smallest_side: int) -> np.ndarray:
 
     JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at least that much
     larger than needed, so a 500x375 ImageNet photo rescaled to S=256 decodes ~1x, but S=64 (smoke) ~1/4
-    of the pixels. Raises OSError / ValueError on undecodable bytes (callers count and skip those).
+    of the pixels. Raises UndecodableImage on bytes that are not an image.
     """
-    img = Image.open(io.BytesIO(data))
-    w, h = rescaled_size(*img.size, smallest_side)
-    if img.format == "JPEG":
-        img.draft("RGB", (w, h))  # keeps the decoded size >= (w, h)
-    img = img.convert("RGB")
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = rescaled_size(*img.size, smallest_side)
+        if img.format == "JPEG":
+            img.draft("RGB", (w, h))  # keeps the decoded size >= (w, h)
+        img = img.convert("RGB")
+    except PIL_ERRORS as e:
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from None
     if img.size != (w, h):
         img = img.resize((w, h), RESAMPLE, reducing_gap=None)
     return np.asarray(img)

@@ -1,14 +1,14 @@
 """Training images/s of VGG: synthetic data on the device, our Ray Data pipeline, and a plain PyTorch peer.
 
-    python jobs/bench_train.py --preset smoke --data demo                         # CPU, under a minute
-    python jobs/bench_train.py --preset paper --data photos --project-scaling --out auto           # a GPU
-    python jobs/bench_train.py --preset paper --data photos --paths synthetic --ablate --out auto  # a GPU
+    python -m bench.bench_train --preset smoke --data demo                         # CPU, under a minute
+    python -m bench.bench_train --preset paper --data photos --project-scaling --out auto           # a GPU
+    python -m bench.bench_train --preset paper --data photos --paths synthetic --ablate --out auto  # a GPU
 
-Every path runs the same training step (TrainStep below, the train loop's step: uint8 NHWC batch -> mean
-subtraction and §3.1 colour shift on the device -> bf16 autocast forward/backward on CUDA, in micro-batches
-summing to the batch -> SGD):
+Every path runs the same training step (vgg_ray.engine.TrainStep, the train loop's step: uint8 NHWC batch
+-> mean subtraction and §3.1 colour shift on the device -> bf16 autocast forward/backward on CUDA, in
+micro-batches summing to the batch -> SGD):
   synthetic  random uint8 batches already on the device: the model's ceiling.
-  ray        vgg_ray.data.train_dataset(...).iter_torch_batches consumed here, in the driver, on one device
+  ray        vgg_ray.distributed.data.train_dataset(...).iter_torch_batches consumed here, in the driver, on one device
              (no Ray Train: a single worker would add nothing per step, and the loop is the same).
   peer       what most users would write: --gpus ranks of a plain DDP loop (torch.multiprocessing; NCCL on
              GPUs, gloo on CPUs), each fed by a torch DataLoader over a torchvision ImageFolder of the same
@@ -22,7 +22,6 @@ one JSON line (bench/README.md says what each figure means).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import itertools
 import json
@@ -39,14 +38,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
-from vgg_ray import perf, shards, transforms
+from bench.common import TrainSample, read_bytes, resolve, sync, write_images
+from vgg_ray import perf, transforms
 from vgg_ray.config import PRESETS, TrainConfig
-from vgg_ray.models import ARCHS, build_vgg, forward_macs
+from vgg_ray.engine import TrainStep, build_model
+from vgg_ray.imagenet import shards
+from vgg_ray.models import ARCHS, forward_macs
 
 PATHS = ("synthetic", "ray", "peer")
-PHOTOS_VERSION = 1
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,44 +85,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---- the step every path runs ----
 
-class TrainStep:
-    """One SGD step on a uint8 NHWC batch, as vgg_ray.train_loop takes it (keep the two alike), except that
-    the loss stays on the device: a .item() per micro-batch would stall the launch queue every step."""
-
-    def __init__(self, model, cfg: TrainConfig, stats: dict, device: torch.device, micro: int, amp: bool,
-                 channels_last: bool):
-        self.model, self.micro, self.channels_last, self.device = model, micro, channels_last, device
-        # lr 0: SGD still computes momentum, weight decay and the update (torch has no shortcut for 0), but
-        # random data cannot drive the weights to inf/NaN over hundreds of steps; speed ignores values.
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-        self.mean, self.eigval, self.eigvec = (torch.tensor(stats[k], device=device)
-                                               for k in ("mean_rgb", "eigval", "eigvec"))
-        self.std = cfg.colour_shift_std
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.amp = amp
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = transforms.to_float_nchw(images, self.mean, channels_last=self.channels_last)
-        x = transforms.colour_shift(x, self.eigval, self.eigvec, self.std, self.gen)
-        y = labels.long()
-        chunks = list(zip(x.split(self.micro), y.split(self.micro), strict=True))
-        self.opt.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        for i, (xc, yc) in enumerate(chunks):
-            last = i == len(chunks) - 1
-            sync = self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext()
-            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = F.cross_entropy(self.model(xc), yc)
-                (loss * (len(yc) / len(y))).backward()
-            total += loss.detach().float() * len(yc)
-        self.opt.step()
-        return total
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def make_step(model, cfg: TrainConfig, stats: dict, device: torch.device, micro: int, amp: bool,
+              channels_last: bool) -> TrainStep:
+    """vgg_ray.engine's step, as the train loop runs it, at lr 0: SGD still computes momentum, weight decay
+    and the update (torch has no shortcut for 0), but random data cannot drive the weights to inf/NaN
+    over hundreds of steps; speed ignores values."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return TrainStep(model, opt, stats, device, micro=micro, colour_shift_std=cfg.colour_shift_std,
+                     seed=cfg.seed, amp=amp, channels_last=channels_last)
 
 
 def timed(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
@@ -134,17 +104,17 @@ def timed(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
     first_batch_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     step(x, y)
-    _sync(device)
+    sync(device)
     first_step_s = time.perf_counter() - t0
     for _ in range(warmup - 1):
         step(*next(batches))
-    _sync(device)
+    sync(device)
     t0, n, loss = time.perf_counter(), 0, 0.0
     for _ in range(steps):
         x, y = next(batches)
         loss = loss + step(x, y)
         n += len(y)
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - t0
     loss = float(loss) / n
     if not np.isfinite(loss):
@@ -156,8 +126,7 @@ def timed(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
 
 def new_model(cfg: TrainConfig, classes: int, device: torch.device, channels_last: bool = True):
     torch.manual_seed(cfg.seed)
-    net = build_vgg(cfg.arch, num_classes=classes, width=cfg.width, fc_width=cfg.fc_width,
-                    crop_size=cfg.crop_size, dropout=cfg.dropout)
+    net = build_model(cfg, classes)
     return perf.prepare_for_speed(net, device, channels_last=channels_last)
 
 
@@ -180,8 +149,8 @@ def fit_micro_batch(model, cfg, stats, device, batch: int, micro: int, amp: bool
     while True:
         try:
             t0 = time.perf_counter()
-            TrainStep(model, cfg, stats, device, micro, amp, cl)(x, y)
-            _sync(device)
+            make_step(model, cfg, stats, device, micro, amp, cl)(x, y)
+            sync(device)
             return micro, time.perf_counter() - t0
         except torch.cuda.OutOfMemoryError:
             if micro == 1 or micro % 2:
@@ -204,43 +173,13 @@ def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device,
 
 
 def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int):
-    from vgg_ray import data
+    from vgg_ray.distributed import data
 
     ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed)
     while True:  # one pass per epoch: Ray Data re-executes the pipeline, as in training
         for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(device),
                                        prefetch_batches=prefetch, pin_memory=device.type == "cuda"):
             yield b["image"], b["label"]
-
-
-class TrainSample:
-    """The peer's transform: vgg_ray.transforms.train_sample with a generator per loader worker."""
-
-    def __init__(self, scale: tuple[int, int], crop: int):
-        self.scale, self.crop, self.rng = scale, crop, None
-
-    def __call__(self, data: bytes) -> torch.Tensor:
-        if self.rng is None:  # first call in this worker process, after the fork
-            self.rng = np.random.default_rng()
-        return torch.from_numpy(transforms.train_sample(data, self.scale, self.crop, self.rng))
-
-
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def write_images(root: str, folder: Path, limit: int) -> int:
-    """The first `limit` training images of the shards as <folder>/<label>/<i>.JPEG (untimed)."""
-    n = min(limit, shards.split_rows(root, "train"))
-    for a, b in shards.row_ranges(n, max(1, n // 512)):
-        t = shards.read_rows(root, "train", a, b, ["image", "label"])
-        for i, (img, label) in enumerate(zip(t.column("image").to_pylist(), t.column("label").to_pylist(),
-                                             strict=True)):
-            d = folder / f"{label:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{a + i}.JPEG").write_bytes(img)
-    return n
 
 
 # ---- the plain PyTorch peer, and the measured all-reduce, in spawned processes ----
@@ -289,7 +228,7 @@ def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
                 for x, y in dl:
                     yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-        step = TrainStep(ddp, cfg, job["stats"], device, job["micro"], on_gpu, on_gpu)
+        step = make_step(ddp, cfg, job["stats"], device, job["micro"], on_gpu, on_gpu)
         out = timed(step, batches(), job["warmup"], job["steps"], device)
         if rank == 0:
             results.put(out)
@@ -304,10 +243,10 @@ def _allreduce_rank(rank: int, world: int, port: int, nbytes: int, repeat: int, 
         times = []
         for i in range(repeat + 2):  # two warm-ups: connection set-up, NCCL channels
             dist.barrier()
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             dist.all_reduce(buf)
-            _sync(device)
+            sync(device)
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         if rank == 0:
@@ -331,38 +270,6 @@ def measure_allreduce(nbytes: int, world: int, repeat: int = 5) -> dict:
 
 
 # ---- data ----
-
-def resolve(data: str) -> str:
-    if data == "photos":
-        from vgg_ray.data import cache_dir
-
-        return build_photos(cache_dir() / f"photos-v{PHOTOS_VERSION}")
-    if data == "demo":
-        from vgg_ray.data import resolve_data
-
-        return resolve_data("demo")
-    shards.load_manifest(data)  # raises with what --data should be
-    return data
-
-
-def build_photos(folder: Path, unique_per_class: int = 100, copies: int = 10) -> str:
-    """ImageNet-sized demo photos (300-500 px a side), each written `copies` times: 10,000 training images
-    whose JPEG decode costs what ImageNet's does, built in about a minute once and cached."""
-    from vgg_ray import demo, imagenet
-
-    out = folder / "shards"
-    if (out / shards.MANIFEST).is_file():
-        return str(out)
-    src = folder / "src"
-    demo.make_tree(src, train_per_class=unique_per_class, val_per_class=2, seed=0, side_px=(300, 500))
-    for f in sorted(src.glob("train/*/*.JPEG")):
-        if re.fullmatch(r"n\d+_\d+\.JPEG", f.name):
-            for k in range(1, copies):
-                shutil.copyfile(f, f.with_name(f"{f.stem}c{k}.JPEG"))
-    imagenet.convert(src, str(out), shard_mb=32, stats_sample=1000)
-    shutil.rmtree(src)
-    return str(out)
-
 
 def decode_rate(root: str, cfg: TrainConfig, n: int = 64) -> float:
     """Images/s of the CPU transform (decode, rescale, crop, flip) on one core, this process."""
@@ -448,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.compile:
                 model = maybe_compile(model, micro, cfg, device, on_gpu, on_gpu)
                 compile_s = model.compile_s
-            step = TrainStep(model, cfg, stats, device, micro, on_gpu, on_gpu)
+            step = make_step(model, cfg, stats, device, micro, on_gpu, on_gpu)
             if "synthetic" in paths:
                 res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
                 res["first_step_s"] = first_step_s or res["first_step_s"]
@@ -526,7 +433,7 @@ def ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, m
             if compiled:
                 model = maybe_compile(model, micro, cfg, device, amp, cl)
                 compile_s = model.compile_s
-            step = TrainStep(model, cfg, stats, device, micro, amp and on_gpu, cl and on_gpu)
+            step = make_step(model, cfg, stats, device, micro, amp and on_gpu, cl and on_gpu)
             res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
             rows.append(_row(arch, "synthetic", variant, res, batch=b, micro=micro, devices=1, macs=macs,
                              peak=peak, matmul=matmul, compile_s=compile_s))
@@ -546,7 +453,7 @@ def scaling(model, cfg, stats, classes, device, args, warmup, steps, micro) -> d
     step_s = {}
     for n in (1, 4, 8):
         b = max(1, cfg.batch_size // n)
-        step = TrainStep(model, cfg, stats, device, min(micro, b), on_gpu, on_gpu)
+        step = make_step(model, cfg, stats, device, min(micro, b), on_gpu, on_gpu)
         step_s[n] = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps,
                           device)["step_s"]
     grads = perf.gradient_bytes(net)

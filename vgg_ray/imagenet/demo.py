@@ -6,16 +6,21 @@ colour and its own foreground shape: at the smoke preset's 32-pixel crop of a 37
 alone separates the classes, and the shape is there for a net that looks at more than the mean colour.
 Sides of 48-160 px with varied aspect ratios exercise the isotropic rescale and draft-mode decode. A few
 files carry ImageNet's quirks (greyscale, CMYK, PNG named .JPEG, truncated) so the converter's handling
-shows in the manifest. Everything follows from `seed`.
+shows in the manifest. Everything follows from `seed`. `resolve_data("demo")` builds it once per machine,
+converted, under ~/.cache/vgg_ray.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vgg_ray.imagenet import convert, shards
+from vgg_ray.storage import cache_dir
 
 # (name, background RGB, foreground RGB, shape): backgrounds far apart in colour so that the
 # class-mean colours differ by tens of levels (0-255) even after noise and per-image jitter.
@@ -34,6 +39,7 @@ CLASSES: list[tuple[str, tuple[int, int, int], tuple[int, int, int], str]] = [
 SIDE_PX = (48, 160)  # range of each image side, pixels
 NOISE_STD = 12.0  # per-pixel Gaussian noise, 0-255 levels
 JITTER = 25  # per-image uniform shift of the class colours, +- levels
+DEMO_VERSION = 2  # bump when this module or the converter changes what the cached demo holds
 
 
 def wnid(index: int) -> str:
@@ -133,3 +139,35 @@ def make_tree(root: str | Path, train_per_class: int = 50, val_per_class: int = 
     (root / "LOC_synset_mapping.txt").write_text(
         "".join(f"{wnid(c)} {name}\n" for c, (name, *_) in enumerate(CLASSES)))
     return {"train": n_train, "val": len(labels), "quirks": quirks}
+
+
+def resolve_data(data: str) -> str:
+    """'demo' -> the cached demo shards (built on first use); a path or URI -> itself, once it is checked
+    to hold manifest.json."""
+    if data == "demo":
+        return build_demo(cache_dir() / f"demo-v{DEMO_VERSION}")
+    try:
+        shards.load_manifest(data)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--data {data!r}: {e}") from None
+    return data
+
+
+def build_demo(folder: Path) -> str:
+    """Generate and convert the demo once. The manifest is written last, so a build interrupted by
+    anything (or raced by another process) is finished by the next call; the converter is idempotent."""
+    out = folder / "shards"
+    if (out / shards.MANIFEST).is_file():
+        return str(out)
+    src = folder / "src"
+    if not src.is_dir():  # generated aside and renamed: `src` is complete whenever it exists
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="src-", dir=folder))
+        make_tree(tmp, train_per_class=50, val_per_class=10, seed=0)
+        try:
+            tmp.rename(src)
+        except OSError:  # another process finished first: its tree is identical
+            pass
+    # 0.5 MB shards of ~6 KB images: several train and val files, so 2-3 workers get different files.
+    convert.convert(src, str(out), shard_mb=0.5, stats_sample=1000)
+    return str(out)

@@ -1,7 +1,7 @@
 """Training-input throughput: our Ray Data pipeline vs torchvision ImageFolder + DataLoader, same images.
 
-    python jobs/bench_data.py --data demo
-    python jobs/bench_data.py --data /data/shards --raw /data/imagenet --seconds 60
+    python -m bench.bench_data --data demo
+    python -m bench.bench_data --data /data/shards --raw /data/imagenet --seconds 60
 
 Both sides do the same work per image (vgg_ray.transforms.train_sample: JPEG draft-mode decode, isotropic
 rescale to S, random crop, random flip) with the same number of CPU processes, and deliver uint8 batches
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_ray import shards, transforms
-from vgg_ray.config import parse_scale, scale_to_px
+from bench.common import TrainSample, collate, read_bytes, resolve, write_images
+from vgg_ray.scales import parse_scale, scale_to_px
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,34 +42,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class TrainSample:
-    """The peer's transform: the same train_sample, with its own generator in each DataLoader worker."""
-
-    def __init__(self, scale: tuple[int, int], crop: int):
-        self.scale, self.crop, self.rng = scale, crop, None
-
-    def __call__(self, data: bytes):
-        import torch
-
-        if self.rng is None:  # per worker process, after the fork
-            self.rng = np.random.default_rng()
-        try:
-            return torch.from_numpy(transforms.train_sample(data, self.scale, self.crop, self.rng))
-        except OSError:  # a --raw tree still holds ImageNet's unreadable files: skip them as we do
-            return None
-
-
-def collate(samples: list):
-    from torch.utils.data import default_collate
-
-    return default_collate([s for s in samples if s[0] is not None])
-
-
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def timed(epochs, seconds: float, size) -> tuple[float, int]:
     """(images/s, images) over `seconds` after the first batch; `epochs()` yields one epoch's iterator."""
     n, start = 0, None
@@ -81,19 +53,6 @@ def timed(epochs, seconds: float, size) -> tuple[float, int]:
             n += size(b)
             if time.perf_counter() - start >= seconds:
                 return n / (time.perf_counter() - start), n
-
-
-def write_out(root: str, folder: Path) -> Path:
-    """The shards' training images as <folder>/train/<label>/<i>.JPEG, for the file-based peer."""
-    n = shards.split_rows(root, "train")
-    for a, b in shards.row_ranges(n, max(1, n // 512)):
-        t = shards.read_rows(root, "train", a, b, ["image", "label"])
-        for i, (img, lab) in enumerate(zip(t.column("image").to_pylist(), t.column("label").to_pylist(),
-                                           strict=True)):
-            d = folder / "train" / f"{lab:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{a + i}.JPEG").write_bytes(img)
-    return folder
 
 
 def baseline(train_dir: Path, scale, crop, args):
@@ -111,7 +70,7 @@ def baseline(train_dir: Path, scale, crop, args):
 def ours(root: str, scale, crop, args):
     import ray
 
-    from vgg_ray import data
+    from vgg_ray.distributed import data
 
     ray.init(num_cpus=args.procs, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -122,9 +81,7 @@ def ours(root: str, scale, crop, args):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from vgg_ray.data import resolve_data
-
-    root = resolve_data(args.data)
+    root = resolve(args.data)
     demo = args.data == "demo"
     crop = args.crop or (32 if demo else 224)
     scale = tuple(scale_to_px(s, crop) for s in parse_scale(args.train_scale or "256"))  # paper units -> px
@@ -135,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train_dir = Path(args.raw) / "ILSVRC" / "Data" / "CLS-LOC" / "train"
             peer_reads = f"files under {train_dir}"
         else:
-            train_dir = write_out(root, Path(tmp)) / "train"
+            train_dir = Path(tmp) / "train"
+            write_images(root, train_dir)
             peer_reads = "the shards' training images written out as files"
         run_peer, run_ours = baseline(train_dir, scale, crop, args), ours(root, scale, crop, args)
         peer, mine = [], []

@@ -6,18 +6,24 @@ actor, `ScheduleBoard`, which every rank asks for "the rate after epoch e" befor
 returns once the Tune callback has decided, so all ranks switch rate at the same epoch. Replays are
 idempotent (a restarted worker group reports an epoch again), and workers seed the board from their
 checkpoint, so a restarted worker group or a resubmitted run continues the schedule where it stopped.
+
+A board lives as long as the training call that started it: `start_board()` gives it a name of its own
+(a resubmitted job never finds the board of the job it replaces), keeps it on the driver's node (a lost
+worker node does not take it along), and the training call kills it when it returns, so nothing of a
+finished run stays on the cluster. Trials and workers find it by the name they are handed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vgg_ray.schedule import PlateauSchedule
 
-BOARD_NAME = "vgg_ray_schedule_board"
 BOARD_NAMESPACE = "vgg_ray"
 
 
@@ -55,22 +61,29 @@ class ScheduleBoard:
         return None if s is None else s.state_dict()
 
 
-def board():
-    """The cluster's board, created on first use. Detached: a stopped job's board would otherwise die
-    while its resubmission's workers and Tune driver look it up, and they could end up on two boards.
-    It holds a few numbers per run and needs no CPU."""
-    return ScheduleBoard.options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True,
-                                 lifetime="detached").remote()
+def start_board() -> tuple[str, ray.actor.ActorHandle]:
+    """(name, handle) of a new board owned by this process (the job's driver), on this node. It holds a
+    few numbers per run and needs no CPU, so it fits on a head node that takes no tasks."""
+    name = f"vgg_ray_schedule_{uuid.uuid4().hex[:12]}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    handle = ScheduleBoard.options(name=name, namespace=BOARD_NAMESPACE, scheduling_strategy=here).remote()
+    ray.get(handle.get.remote(""))  # started before anyone looks it up by name
+    return name, handle
+
+
+def board(name: str) -> ray.actor.ActorHandle:
+    return ray.get_actor(name, namespace=BOARD_NAMESPACE)
 
 
 class PlateauCallback(tune.Callback):
     """§3.1 in the Tune driver: each trial result carries `epoch` and `top1_acc` (reduced over ranks)."""
 
-    def __init__(self, key_of_trial=lambda trial: trial.config["key"]):
-        self._key_of_trial = key_of_trial
+    def __init__(self, board_name: str, key_of_trial=lambda trial: trial.config["key"]):
+        self._board_name, self._key_of_trial, self._board = board_name, key_of_trial, None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "top1_acc" not in result or "epoch" not in result:
             return
-        ray.get(board().observe.remote(self._key_of_trial(trial), int(result["epoch"]),
-                                       float(result["top1_acc"])))
+        self._board = self._board or board(self._board_name)
+        ray.get(self._board.observe.remote(self._key_of_trial(trial), int(result["epoch"]),
+                                           float(result["top1_acc"])))

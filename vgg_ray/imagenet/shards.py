@@ -12,7 +12,6 @@ interrupted conversion never leaves a partial file that a reader would take for 
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -21,24 +20,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from vgg_ray.storage import filesystem, join
+
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 OBJECT_STORES = {"s3", "gcs", "abfs"}  # pyarrow file system type names whose uploads are atomic
 # Key of the parquet footer's key-value metadata that carries what the converter needs to resume.
 SHARD_META_KEY = b"vgg_ray"
-
-
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """(file system, path inside it) for a local path or a URI with a scheme."""
-    root = str(root)
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), os.path.abspath(root)
-
-
-def join(root: str, *parts: str) -> str:
-    """A path or URI below `root` (string join keeps a URI's scheme intact)."""
-    return "/".join([str(root).rstrip("/"), *parts])
 
 
 def load_manifest(root: str) -> dict:

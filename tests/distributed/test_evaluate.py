@@ -1,9 +1,11 @@
-"""The evaluation fan-out (vgg_ray/eval_job.py) and jobs/eval_ensemble.py on a real local Ray instance."""
+"""The evaluation fan-out (vgg_ray/distributed/evaluate.py) and jobs/eval_ensemble.py on a real local Ray
+instance."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +14,17 @@ import pytest
 import ray
 import torch
 
-from vgg_ray import shards
 from vgg_ray.checkpoints import load_model, model_record, save_atomic
-from vgg_ray.eval_job import CRASH_ENV, EvalConfig, plan_pieces, run_pieces
+from vgg_ray.config import EvalConfig
+from vgg_ray.distributed.evaluate import EvalWorker, plan_pieces, run_pieces
 from vgg_ray.evaluation import BOTH, DENSE, MULTI_CROP, PosteriorTable, evaluate_images, fusion, topk_errors
+from vgg_ray.imagenet import shards
 from vgg_ray.models import build_vgg
 from vgg_ray.transforms import decode_rescaled
 
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {"crop_size": 32, "train_scale": [256, 256], "preset": "smoke", "width": 1 / 16, "fc_width": 64}
 
 
@@ -40,10 +43,18 @@ def models(demo_shards, tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def test_every_image_once_per_model_method_and_scale_with_a_killed_actor(
-        ray_local, demo_shards, models, tmp_path, monkeypatch):
+def test_every_image_once_per_model_method_and_scale_with_a_killed_actor(ray_local, demo_shards, models, tmp_path):
     marker = tmp_path / "killed"
-    monkeypatch.setenv(CRASH_ENV, f"0:{marker}")
+
+    class DiesOnce(EvalWorker):
+        """The actor process exits without cleanup, as on a lost node, the first time it gets piece 0."""
+
+        def run(self, piece, model_ref):
+            if piece["index"] == 0 and not marker.exists():
+                marker.write_text("evaluation actor killed at piece 0\n")
+                os._exit(1)
+            return EvalWorker.run(self, piece, model_ref)
+
     n = shards.split_rows(demo_shards, "val")
     net, info = load_model(models["A"])
     scales = {256: 37, 384: 55}
@@ -52,7 +63,7 @@ def test_every_image_once_per_model_method_and_scale_with_a_killed_actor(
     assert len(pieces) == 2 * 2 * 5  # methods x Q x 60 / 12 slices
     table = PosteriorTable(n, {"A": tuple(scales)}, cfg.methods, net.num_classes)
     refs = {"A": ray.put({"model": net.eval(), "mean_rgb": info["mean_rgb"], "std_rgb": None})}
-    run_pieces(cfg, pieces, refs, demo_shards, table)
+    run_pieces(cfg, pieces, refs, demo_shards, table, worker_cls=DiesOnce)
     assert marker.exists(), "the fault was never injected"
     assert all((seen == 1).all() for seen in table.seen.values())
     table.check_complete()

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vgg_ray.config import TrainConfig
+from vgg_ray.config import EvalConfig, TrainConfig
+from vgg_ray.distributed.evaluate import evaluate
+from vgg_ray.distributed.session import connect
+from vgg_ray.distributed.trainer import is_done, train
+from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import absolute, exists, join
 
 SCALED = ("C", "D", "E")  # §3.1/Table 3: the nets also trained at S=384 and with scale jittering
@@ -67,13 +71,9 @@ def eval_dir(exp: str, index: int) -> str:
 def run(base: TrainConfig, archs: list[str], exp_name: str | None = None, init_a: str = "glorot",
         limit: int = 0, log=print) -> list[dict]:
     """Run (or resume) the chain; returns one summary dict per stage."""
-    from vgg_ray import data as vdata
-    from vgg_ray.eval_job import EvalConfig, evaluate
-    from vgg_ray.trainer import connect, is_done, train
-
     connect()
     exp = join(absolute(base.storage), exp_name or base.name)
-    root = vdata.resolve_data(base.data)
+    root = resolve_data(base.data)
     summary = []
     for i, stage in enumerate(plan(archs, exp, init_a)):
         if stage.kind == "train":

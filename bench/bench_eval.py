@@ -1,7 +1,7 @@
 """Images/s of §3.2's evaluation methods, each beside a single centre crop (the peer) on the same images.
 
-  python jobs/bench_eval.py --preset smoke --images 64
-  python jobs/bench_eval.py --arch D --preset paper --images 2 --json bench/results/eval-cpu.json
+  python -m bench.bench_eval --preset smoke --images 64
+  python -m bench.bench_eval --arch D --preset paper --images 2 --json bench/results/eval-cpu.json
 
 In-process, no Ray, random weights (speed does not depend on them), synthetic 4:3 images already
 rescaled to each Q (JPEG decoding is timed on its own row). Multi-scale over Q = {256, 384, 512} in
@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from vgg_ray.config import PRESETS
-from vgg_ray.evaluation import DENSE, MULTI_CROP, evaluate_images, scales_px
+from vgg_ray.evaluation import DENSE, MULTI_CROP, evaluate_images
 from vgg_ray.models import build_vgg
+from vgg_ray.scales import scales_px
 from vgg_ray.transforms import center_crop, decode_rescaled, to_float_nchw
 
 

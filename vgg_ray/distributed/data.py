@@ -5,122 +5,26 @@ crop -> random flip, in Ray Data tasks; uint8 NHWC batches go to the train worke
 the colour shift and the mean subtraction (vgg_ray.transforms). val_dataset: one rank's contiguous slice of
 the val split, every image exactly once across ranks.
 
-Corrupt images (shards written by other tools; ours are checked at conversion) are dropped from their
-batch and counted by a named actor of this Ray job, `corrupt_images()` reads the count (see there).
+Undecodable images (shards written by other tools; ours are checked at conversion) stay in their batch
+as a zero image with `ok` False, so every rank still gets the same number of batches; the train step and
+the validation counts leave them out and count them, and the task that met one names it in the job's log.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import ray
 from ray.data import DataContext, FileShuffleConfig
 
-from vgg_ray import demo, imagenet, shards, transforms
-from vgg_ray.shards import load_manifest  # noqa: F401  (the train loop imports it from here)
+from vgg_ray import transforms
+from vgg_ray.imagenet import shards
 
 # Images per Ray Data map task: a task costs a few ms of scheduling and object-store traffic whatever its
 # size, so it should carry ~0.5 s of decoding (128 ImageNet images at S = 256, 3-4 ms each); its output,
 # 128 crops of 224 px, is a 19 MB block. On 2 cores 128 gave 1.4x the images/s of 16 (jobs/bench_data.py).
 MAP_BATCH = 128
-COUNTER_NAME = "vgg_ray.corrupt_images"
-KEYS_KEPT = 100  # corrupt keys remembered for the log; the count has no limit
-DEMO_VERSION = 1  # bump when vgg_ray.demo or the converter changes what the cached demo holds
-
-
-# ---- data location ----
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VGG_RAY_CACHE") or Path.home() / ".cache" / "vgg_ray")
-
-
-def resolve_data(data: str) -> str:
-    """'demo' -> the cached demo shards (built on first use); a path or URI -> itself, once it is checked
-    to hold manifest.json."""
-    if data == "demo":
-        return build_demo(cache_dir() / f"demo-v{DEMO_VERSION}")
-    try:
-        shards.load_manifest(data)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--data {data!r}: {e}") from None
-    return data
-
-
-def build_demo(folder: Path) -> str:
-    """Generate and convert the demo once. The manifest is written last, so a build interrupted by
-    anything (or raced by another process) is finished by the next call; the converter is idempotent."""
-    out = folder / "shards"
-    if (out / shards.MANIFEST).is_file():
-        return str(out)
-    src = folder / "src"
-    if not src.is_dir():  # generated aside and renamed: `src` is complete whenever it exists
-        tmp = Path(tempfile.mkdtemp(prefix="src-", dir=_mkdir(folder)))
-        demo.make_tree(tmp, train_per_class=50, val_per_class=10, seed=0)
-        try:
-            tmp.rename(src)
-        except OSError:  # another process finished first: its tree is identical
-            pass
-    # 0.5 MB shards of ~6 KB images: ~6 train and 2 val files, so 2-3 workers get different files.
-    imagenet.convert(src, str(out), shard_mb=0.5, stats_sample=1000)
-    return str(out)
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-# ---- corrupt-image counter ----
-
-@ray.remote(num_cpus=0)
-class _CorruptCounter:
-    def __init__(self) -> None:
-        self.count = 0
-        self.keys: list[str] = []
-
-    def add(self, keys: list[str]) -> None:
-        self.count += len(keys)
-        self.keys += [k for k in keys if k not in self.keys][: KEYS_KEPT - len(self.keys)]
-
-    def get(self) -> dict:
-        return {"count": self.count, "keys": list(self.keys)}
-
-
-_held: list = []  # this process's handle: Ray ends an actor (named or not) once no handle is left
-
-
-def _counter():
-    """The job's counter, created if missing. Named in the job's namespace, so the driver, Ray Data
-    tasks and Train workers of one job share it; train_dataset/val_dataset create it in the process
-    that builds the dataset (the driver or a Train worker), which outlives every task reporting to it."""
-    try:
-        return ray.get_actor(COUNTER_NAME)
-    except ValueError:
-        pass
-    # Keep the creating handle: dropping it would end the actor even while get_actor handles live.
-    handle = _CorruptCounter.options(name=COUNTER_NAME, get_if_exists=True).remote()
-    _held[:] = [handle]
-    return handle
-
-
-def corrupt_images() -> dict:
-    """{"count": images dropped so far by this job's pipelines (every epoch counts again),
-    "keys": the first 100 distinct keys}; {"count": 0, "keys": []} when nothing was dropped."""
-    try:
-        actor = ray.get_actor(COUNTER_NAME)
-    except ValueError:
-        return {"count": 0, "keys": []}
-    return ray.get(actor.get.remote())
-
-
-def _report_corrupt(keys: list[str]) -> None:
-    if not keys:
-        return
-    ray.get(_counter().add.remote(keys))  # waited for, so the count is current once the batch is out
 
 
 # ---- training ----
@@ -137,34 +41,34 @@ def _row_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(key.encode()), epoch, seed])
 
 
-def _output(images: list, labels: list, keys: list, crop: int, with_keys: bool) -> dict:
-    out = {"image": np.stack(images) if images else np.zeros((0, crop, crop, 3), np.uint8),
-           "label": np.asarray(labels, dtype=np.int64)}
+def _decode_all(datas, labels, keys, crop: int, with_keys: bool, sample) -> dict:
+    """sample(data, key) per image -> columns image, label, ok (and key); an undecodable image becomes a
+    zero image with ok False, named here (Ray forwards a task's output to the job's log)."""
+    n = len(datas)
+    out = {"image": np.zeros((n, crop, crop, 3), np.uint8), "label": np.asarray(labels, dtype=np.int64),
+           "ok": np.ones(n, dtype=bool)}
+    for i, (data, key) in enumerate(zip(datas, keys, strict=True)):
+        try:
+            out["image"][i] = sample(data, str(key))
+        except transforms.UndecodableImage as e:
+            out["ok"][i] = False
+            print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
     if with_keys:
-        out["key"] = np.asarray(keys, dtype=object)
+        out["key"] = np.asarray([str(k) for k in keys], dtype=object)
     return out
 
 
 def _augment(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int, with_keys: bool) -> dict:
     epoch = _epoch()
-    images, labels, keys, bad = [], [], [], []
-    for data, label, key in zip(batch["image"], batch["label"], batch["key"], strict=True):
-        key = str(key)
-        try:
-            images.append(transforms.train_sample(data, train_scale_px, crop, _row_rng(seed, epoch, key)))
-        except Exception:  # PIL raises OSError, SyntaxError, ValueError, ...: count it, never crash
-            bad.append(key)
-            continue
-        labels.append(label)
-        keys.append(key)
-    _report_corrupt(bad)
-    return _output(images, labels, keys, crop, with_keys)
+    return _decode_all(batch["image"], batch["label"], batch["key"], crop, with_keys,
+                       lambda data, key: transforms.train_sample(data, train_scale_px, crop,
+                                                                 _row_rng(seed, epoch, key)))
 
 
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
                   with_keys: bool = False) -> ray.data.Dataset:
-    """§3.1: columns image (uint8 [crop, crop, 3]) and label (int64), augmented afresh every epoch
-    (`with_keys` adds each image's source key, for tests and debugging).
+    """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
+    image), augmented afresh every epoch (`with_keys` adds each image's source key, for tests).
 
     The file order is reshuffled every epoch (and reproducible from `seed`); the converter wrote each
     train shard in a fixed random order of all classes, so every block is already a class mix. S, crop
@@ -178,7 +82,6 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     files = shards.shard_files(root, "train")
     if not files:
         raise FileNotFoundError(f"no train shards under {shards.join(root, 'train')}")
-    _counter()  # owned by this (long-lived) process, see _counter
     # Ray 2.60's datasource-V2 parquet reader starts fresh FooterReader actors at every execution, i.e.
     # every epoch (~10 s on 2 cores, the whole of a demo epoch); the V1 reader reads footers inside its
     # read tasks. One read task per file: with fewer than 200 files Ray would otherwise split each read
@@ -211,21 +114,13 @@ def train_data_config():
 # ---- validation ----
 
 def _val_read(batch: dict, root: str, scale_px: int, crop: int, with_keys: bool) -> dict:
-    images, labels, keys, bad = [], [], [], []
+    parts = []
     for path, group, first, n in zip(batch["path"], batch["group"], batch["first"], batch["n"], strict=True):
-        t = shards.read_row_group(root, str(path), int(group), ["image", "label", "key"])
-        t = t.slice(int(first), int(n))
-        for data, label, key in zip(t.column("image").to_pylist(), t.column("label").to_pylist(),
-                                    t.column("key").to_pylist(), strict=True):
-            try:
-                images.append(transforms.val_sample(data, scale_px, crop))
-            except Exception:
-                bad.append(key)
-                continue
-            labels.append(label)
-            keys.append(key)
-    _report_corrupt(bad)
-    return _output(images, labels, keys, crop, with_keys)
+        t = shards.read_row_group(root, str(path), int(group), ["image", "label", "key"]).slice(int(first), int(n))
+        parts.append(_decode_all(t.column("image").to_pylist(), t.column("label").to_pylist(),
+                                 t.column("key").to_pylist(), crop, with_keys,
+                                 lambda data, _: transforms.val_sample(data, scale_px, crop)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def val_pieces(root: str, rank: int, world_size: int) -> list[dict]:
@@ -252,8 +147,7 @@ def val_dataset(root: str, rank: int, world_size: int, scale_px: int, crop: int,
     pieces = val_pieces(root, rank, world_size)
     if not pieces:  # more ranks than val images: an empty dataset of the right columns
         return ray.data.from_items([{"n": 0}]).map_batches(
-            lambda _: _output([], [], [], crop, with_keys), batch_format="numpy")
-    _counter()
+            lambda _: _decode_all([], [], [], crop, with_keys, None), batch_format="numpy")
     ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
     return ds.map_batches(_val_read, batch_size=1, batch_format="numpy",
                           fn_kwargs={"root": root, "scale_px": scale_px, "crop": crop,

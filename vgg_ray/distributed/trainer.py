@@ -10,7 +10,6 @@ checkpoint, schedule included; finished configurations return at once.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ray
@@ -19,12 +18,13 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from vgg_ray import data as vdata
 from vgg_ray.config import TrainConfig
-from vgg_ray.session import connect
+from vgg_ray.distributed import data as vdata
+from vgg_ray.distributed.schedule_board import PlateauCallback, start_board
+from vgg_ray.distributed.session import connect
+from vgg_ray.distributed.train_loop import train_loop_per_worker
+from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import absolute, exists, join, publish_dir
-from vgg_ray.train_loop import CRASH_ENV, train_loop_per_worker
-from vgg_ray.tune_schedule import PlateauCallback, board
 
 DONE = "done.json"  # written into a configuration's run directory once its training has ended
 
@@ -35,7 +35,7 @@ def _trial(config: dict) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
-                           "key": arch_dir, "crash": config.get("crash")},
+                           "key": arch_dir, "board": config["board"]},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=config["use_gpu"]),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
@@ -58,18 +58,18 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
             for c in cfgs):
         raise ValueError("one training run takes each arch once, with one --storage, --name, --data, --workers")
     connect()
-    root = vdata.resolve_data(first.data)
+    root = resolve_data(first.data)
     exp_dir = join(absolute(first.storage), first.name)
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = bool(gpus) and not first.cpu
     if use_gpu and gpus < first.workers:
         raise ValueError(f"--workers {first.workers}: the cluster has {gpus:g} GPUs (--cpu trains on CPU)")
     slots = gpus if use_gpu else ray.cluster_resources().get("CPU", 1) // 2  # half the CPUs for Ray Data
-    board()  # the driver owns the schedule board; trials and workers find it by name
     archs = [c.arch for c in cfgs]
+    board_name, board = start_board()  # this call's own: it ends with it
     space = {
         "cfg": tune.grid_search([c.to_dict() for c in cfgs]),
-        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "crash": os.environ.get(CRASH_ENV),
+        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "board": board_name,
     }
     tuner = tune.Tuner(
         # The trial function only drives a TorchTrainer, whose workers request their own CPUs/GPUs
@@ -78,9 +78,12 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
         param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // first.workers))),
         run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
-                                  callbacks=[PlateauCallback(key_of_trial=_key)], verbose=1),
+                                  callbacks=[PlateauCallback(board_name, key_of_trial=_key)], verbose=1),
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        ray.kill(board)
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(archs)} trainings failed; first: {errors[0]}")

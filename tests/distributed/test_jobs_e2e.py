@@ -19,7 +19,7 @@ from vgg_ray.metrics import read_metrics_csv
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RUNTIME_ENV = json.dumps({"working_dir": str(ROOT),
                           "excludes": [".venv/", ".git/", "runs/", "results/", ".cache/", ".whl/"]})

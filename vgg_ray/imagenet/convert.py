@@ -26,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vgg_ray import shards
+from vgg_ray.imagenet import shards
+from vgg_ray.transforms import PIL_ERRORS, UndecodableImage
 
 FORMAT = "vgg_ray-imagenet-shards/1"
 # Object stores serve 100-500 MB objects at full per-request throughput while keeping request counts low;
-# 256 MB gives ImageNet's 140 GB of training JPEGs ~550 shards: enough files for parallel reads on
-# hundreds of CPUs and for a per-epoch file shuffle, few enough that listing and footers cost nothing.
+# 256 MB gives ImageNet's 140 GB of training JPEGs 1024 shards of ~137 MB (see shard_count): enough files
+# for parallel reads on hundreds of CPUs and for a per-epoch file shuffle, few enough that listing and
+# footers cost nothing.
 DEFAULT_SHARD_MB = 256
 # Row groups of 1/8 shard (~32 MB, ~300 ImageNet images): read_rows and Ray Data read this finely.
 ROW_GROUPS_PER_SHARD = 8
@@ -39,12 +41,7 @@ ROW_GROUPS_PER_SHARD = 8
 # stable to well under one 0-255 level; the full 1.28M images would cost 60x the decoding for nothing.
 DEFAULT_STATS_SAMPLE = 20_000
 STATS_SIDE_PX = 256  # decode for statistics at (at least) the paper's S = 256, the scale the net sees
-TRAIN_ORDER_SEED = 0  # rows of train shards are a fixed permutation: every shard mixes all classes
 CSV_NAME, SYNSETS_NAME = "LOC_val_solution.csv", "LOC_synset_mapping.txt"
-
-
-class UnusableImage(Exception):
-    """Bytes that do not decode to an image; the message is the reason recorded in `skipped`."""
 
 
 @dataclass(frozen=True, slots=True)  # 1.28M of them in the driver for ImageNet: no per-object dict
@@ -162,7 +159,7 @@ def scan(src: str | Path) -> Source:
 # ---- image bytes ----
 
 def normalise_image(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
-    """(RGB JPEG bytes, what was done, (width, height)); raises UnusableImage.
+    """(RGB JPEG bytes, what was done, (width, height)); raises UndecodableImage.
 
     RGB JPEGs are kept byte for byte (re-encoding would lose quality for nothing). Greyscale and CMYK
     JPEGs and other formats (ImageNet has a PNG named .JPEG) are re-encoded as RGB JPEG, quality 95, so
@@ -185,8 +182,8 @@ def normalise_image(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
         rgb = img.convert("RGB")
         buf = io.BytesIO()
         rgb.save(buf, format="JPEG", quality=95)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise UnusableImage(f"cannot decode: {type(e).__name__}: {e}") from None
+    except PIL_ERRORS as e:
+        raise UndecodableImage(f"cannot decode: {type(e).__name__}: {e}") from None
     what = {"L": "greyscale", "CMYK": "CMYK"}.get(mode, mode)
     return buf.getvalue(), f"{fmt} {what} -> RGB JPEG", size
 
@@ -233,33 +230,38 @@ class ShardJob:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def key_hash(key: str) -> int:
+    """A stable 64-bit hash of an image's key (Python's hash() of a str changes with every process)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
+
+
+def shard_count(total_bytes: int, shard_bytes: int) -> int:
+    """The power of two at or above total / shard_bytes: shards hold half to all of shard_bytes, and a
+    changed file changes the count only when its split's size crosses a power of two of shard_bytes."""
+    n = max(1, math.ceil(total_bytes / max(1, shard_bytes)))
+    return 1 << (n - 1).bit_length()
+
+
 def plan(source: Source, shard_bytes: int, stats_sample: int) -> list[ShardJob]:
-    """Cut each split into shards of about `shard_bytes` of source files. Train rows are permuted with a
-    fixed seed (a shard of one class would make the per-epoch file shuffle useless); val stays sorted by
-    key. The plan depends only on the source tree and the two sizes, so a re-run finds its own shards."""
+    """Put each image in the shard its key hashes to, so that one changed, added or removed file changes
+    that file's shard only (the others keep their contents and are not rewritten). Train rows are in
+    hash order, a fixed random mix of classes (a shard of one class would make the per-epoch file shuffle
+    useless); val rows are in key order within each shard. The statistics sample is the `stats_sample`
+    training images of lowest hash: uniform, and as stable as the shards."""
     jobs = []
     for split in shards.SPLITS:
-        items = sorted(source.items[split], key=lambda i: i.key)
+        items = sorted(source.items[split], key=lambda i: key_hash(i.key) if split == "train" else i.key)
         sample: set[str] = set()
         if split == "train":
-            perm = np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(items))
-            items = [items[i] for i in perm]
-            k = min(stats_sample, len(items))
-            # Evenly spaced rows of a random permutation: a uniform sample, spread over all shards.
-            sample = {items[i].key for i in (np.arange(k) * len(items)) // max(k, 1)}
-        groups: list[list[Item]] = [[]]
-        size = 0
+            sample = {i.key for i in items[:stats_sample]}
+        n = shard_count(sum(i.size for i in items), shard_bytes)
+        groups: dict[int, list[Item]] = {}
         for it in items:
-            if groups[-1] and size + it.size > shard_bytes:
-                groups.append([])
-                size = 0
-            groups[-1].append(it)
-            size += it.size
-        groups = [g for g in groups if g]
-        for n, g in enumerate(groups):
+            groups.setdefault(key_hash(it.key) % n, []).append(it)
+        for index, g in sorted(groups.items()):
             mean_size = max(1, sum(i.size for i in g) // len(g))
             rg_rows = max(1, math.ceil(shard_bytes / ROW_GROUPS_PER_SHARD / mean_size))
-            jobs.append(ShardJob(split, shards.shard_name(n), tuple(g),
+            jobs.append(ShardJob(split, shards.shard_name(index), tuple(g),
                                  frozenset(i.key for i in g if i.key in sample), rg_rows))
     return jobs
 
@@ -273,7 +275,7 @@ def convert_shard(src: str | Path, out: str, job: ShardJob) -> dict:
     for it in job.items:
         try:
             data, what, (w, h) = normalise_image((src / it.key).read_bytes())
-        except (UnusableImage, OSError) as e:
+        except (UndecodableImage, OSError) as e:  # OSError: the file itself
             skipped.append({"key": it.key, "reason": str(e)})
             continue
         if what != "kept":

@@ -4,7 +4,8 @@ A pool of actors, one per GPU (or a few on CPUs), each holding the models on its
 out pieces (one model, one Q, one method, rows [start, stop) of the validation split), and a
 `PosteriorTable` checks that every image is counted exactly once per (model, method, Q). A dead actor is
 restarted and its piece retried by Ray (max_restarts / max_task_retries); an actor that stays dead has
-its pieces moved to the others. The maths is in evaluation.py; this file is the Ray glue and the outputs.
+its pieces moved to the others. The maths is in evaluation.py and the tables in report.py; this file is the
+Ray glue.
 
 Outputs under `out`: posteriors/<model>.parquet, results.json, results.md.
 """
@@ -13,91 +14,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
-from vgg_ray import shards
 from vgg_ray.checkpoints import load_model
-from vgg_ray.evaluation import (
-    GRID,
-    MULTI_CROP,
-    NETWORK_METHODS,
-    PosteriorTable,
-    available_methods,
-    evaluate_images,
-    model_meta,
-    resolve_test_scales,
-    result_rows,
-    results_markdown,
-    scales_px,
-)
+from vgg_ray.config import EvalConfig
+from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
+from vgg_ray.imagenet import shards
 from vgg_ray.models import ARCHS
-from vgg_ray.session import connect  # noqa: F401  (jobs/eval_ensemble.py imports it from here)
+from vgg_ray.report import model_meta, result_rows, results_markdown, write_posteriors
+from vgg_ray.scales import resolve_test_scales, scales_px
 from vgg_ray.storage import publish_dir
-from vgg_ray.transforms import decode_rescaled
-
-# "PIECE_INDEX:MARKER_FILE" in the driver's environment: the actor running that piece exits on its first
-# attempt (once, while the marker file does not exist). Fault injection for the retry test.
-CRASH_ENV = "VGG_RAY_EVAL_CRASH_ONCE"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
-
-
-def parse_methods(text: str | list | tuple) -> tuple[str, ...]:
-    """'dense', 'multi-crop', 'both' (= dense and multi-crop, reported with their average too), or a
-    comma list of these; -> the network methods to run."""
-    words = text.split(",") if isinstance(text, str) else list(text)
-    out = set()
-    for w in (w.strip() for w in words if w.strip()):
-        if w in ("both", "multi-crop+dense"):
-            out.update(NETWORK_METHODS)
-        elif w in NETWORK_METHODS:
-            out.add(w)
-        else:
-            raise ValueError(f"--methods {text!r}: {w!r} is not one of dense, multi-crop, both")
-    if not out:
-        raise ValueError(f"--methods {text!r}: name at least one of dense, multi-crop, both")
-    return tuple(m for m in NETWORK_METHODS if m in out)
-
-
-@dataclass
-class EvalConfig:
-    models: dict[str, str]  # NAME -> run directory, checkpoint file or torchvision .pth
-    data: str = "demo"  # shards root or URI, or 'demo'
-    out: str = "eval"  # output directory or URI
-    scales: tuple[int, ...] = ()  # Q in paper units (pixels at a 224 crop); () = §3.2's default per model
-    methods: tuple[str, ...] = NETWORK_METHODS
-    limit: int = 0  # evaluate the first N validation images only; 0 = all
-    split: str = "val"
-    slice_images: int = 0  # images per piece; 0 = enough pieces for every worker to stay busy
-    workers: int = 0  # evaluation actors; 0 = one per GPU, or CPUs / cpus_per_worker without GPUs
-    cpus_per_worker: int = 0  # CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto
-    max_batch: int = 250  # crops (or crop-equivalents of pixels for dense) per forward pass
-    cpu: bool = False  # evaluate on CPUs even when the cluster has GPUs
-    max_retries: int = 3  # restarts of a dead actor, and retries of its piece
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("--model NAME=SOURCE: give at least one model")
-        for name in self.models:
-            if not NAME_RE.match(name):
-                raise ValueError(f"--model {name}=...: a name is letters, digits and _.+- (it names files)")
-        self.methods = parse_methods(self.methods)
-        self.scales = tuple(int(q) for q in self.scales)
-        for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries"):
-            if getattr(self, flag) < 0:
-                raise ValueError(f"--{flag.replace('_', '-')} {getattr(self, flag)}: must be >= 0")
-        if self.max_batch < 1:
-            raise ValueError(f"--max-batch {self.max_batch}: must be >= 1")
+from vgg_ray.transforms import UndecodableImage, decode_rescaled
 
 
 class EvalWorker:
@@ -121,7 +55,6 @@ class EvalWorker:
             return self.loaded[name]
 
     def run(self, piece: dict, model_ref: list) -> dict:
-        _maybe_crash(piece["index"])
         model, mean, std = self._model(piece["model"], model_ref)
         rows = shards.read_rows(self.root, self.split, piece["start"], piece["stop"],
                                 columns=["image", "label", "key"])
@@ -129,7 +62,7 @@ class EvalWorker:
         def decode(data: bytes):
             try:
                 return decode_rescaled(data, piece["scale_px"])
-            except (OSError, ValueError):  # undecodable: reported and left out of every metric
+            except UndecodableImage:  # reported and left out of every metric
                 return None
 
         images = list(self.decoders.map(decode, rows.column("image").to_pylist()))
@@ -142,16 +75,6 @@ class EvalWorker:
         return {"keys": rows.column("key").to_pylist(),
                 "labels": np.asarray(rows.column("label").to_pylist(), dtype=np.int64), "probs": probs,
                 "bad": [i for i, img in enumerate(images) if img is None]}
-
-
-def _maybe_crash(index: int) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    at, marker = spec.split(":", 1)
-    if index == int(at) and not os.path.exists(marker):
-        Path(marker).write_text(f"evaluation actor killed at piece {index}\n")
-        os._exit(1)  # an actor process dying without cleanup, as on a lost node
 
 
 def plan_pieces(n_images: int, scales_by_model: dict[str, dict[int, int]], methods,
@@ -171,7 +94,7 @@ def plan_pieces(n_images: int, scales_by_model: dict[str, dict[int, int]], metho
     return pieces
 
 
-def _pool(cfg: EvalConfig, root: str, n_pieces: int) -> list:
+def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type) -> list:
     res = ray.cluster_resources()
     gpus = 0 if cfg.cpu else int(res.get("GPU", 0))
     cpus = max(1, int(res.get("CPU", 1)))
@@ -181,16 +104,16 @@ def _pool(cfg: EvalConfig, root: str, n_pieces: int) -> list:
     else:
         per = cfg.cpus_per_worker or min(2, cpus)
         workers, opts = cfg.workers or max(1, cpus // per), {"num_cpus": per}
-    env = {CRASH_ENV: os.environ[CRASH_ENV]} if os.environ.get(CRASH_ENV) else {}
-    actor = ray.remote(EvalWorker).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
-                                           runtime_env={"env_vars": env} if env else None, **opts)
+    actor = ray.remote(worker_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
+                                           **opts)
     return [actor.remote(root, cfg.split, cfg.max_batch, per) for _ in range(min(workers, n_pieces))]
 
 
 def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str, table: PosteriorTable,
-               in_flight: int = 2) -> None:
-    """Hand the pieces to the pool, keeping `in_flight` per actor queued so none waits between pieces."""
-    actors = _pool(cfg, root, len(pieces))
+               in_flight: int = 2, worker_cls: type = EvalWorker) -> None:
+    """Hand the pieces to the pool, keeping `in_flight` per actor queued so none waits between pieces.
+    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose.)"""
+    actors = _pool(cfg, root, len(pieces), worker_cls)
     queue = list(reversed(pieces))
     attempts = dict.fromkeys(range(len(pieces)), 0)
     running: dict = {}  # ObjectRef -> (actor, piece)
@@ -225,29 +148,6 @@ def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str,
 
 def _describe(p: dict) -> str:
     return f"{p['model']} {p['method']} Q={p['scale']} rows [{p['start']}, {p['stop']})"
-
-
-def write_posteriors(folder: Path, table: PosteriorTable) -> list[str]:
-    """posteriors/<model>.parquet: per image key, label, model, method, scales, probs (list<float>)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    keys, labels = table.good_keys(), table.good_labels().numpy()
-    paths = []
-    for name, qs in table.scales.items():
-        parts = []
-        for method in available_methods(table.methods):
-            probs = table.posteriors(name, method).numpy().astype(np.float32)
-            n, k = probs.shape
-            parts.append(pa.table({
-                "key": pa.array(keys, pa.string()), "label": pa.array(labels, pa.int64()),
-                "model": pa.array([name] * n, pa.string()), "method": pa.array([method] * n, pa.string()),
-                "scales": pa.array([list(qs)] * n, pa.list_(pa.int32())),
-                "probs": pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
-                                                  pa.array(probs.reshape(-1))),
-            }))
-        path = folder / f"{name}.parquet"
-        pq.write_table(pa.concat_tables(parts), path)
-        paths.append(str(path))
-    return paths
 
 
 def evaluate(cfg: EvalConfig, root: str) -> dict:

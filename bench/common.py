@@ -1,0 +1,88 @@
+"""What the benchmarks share: the data they run on (demo, ImageNet-sized photos, or user shards), the
+peer's file-based input (the shards' images written out as files, read by a torchvision ImageFolder), and
+the peer's per-image transform."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from vgg_ray import transforms
+from vgg_ray.imagenet import convert, demo, shards
+from vgg_ray.storage import cache_dir
+
+PHOTOS_VERSION = 2  # bump when build_photos or the converter changes what the cached photos hold
+
+
+def resolve(data: str) -> str:
+    """--data of a benchmark: demo, photos (ImageNet-sized JPEGs, built once and cached), or shards."""
+    if data == "photos":
+        return build_photos(cache_dir() / f"photos-v{PHOTOS_VERSION}")
+    return demo.resolve_data(data)
+
+
+def build_photos(folder: Path, unique_per_class: int = 100, copies: int = 10) -> str:
+    """ImageNet-sized demo photos (300-500 px a side), each written `copies` times: 10,000 training images
+    whose JPEG decode costs what ImageNet's does, built in about a minute once and cached."""
+    out = folder / "shards"
+    if (out / shards.MANIFEST).is_file():
+        return str(out)
+    src = folder / "src"
+    demo.make_tree(src, train_per_class=unique_per_class, val_per_class=2, seed=0, side_px=(300, 500))
+    for f in sorted(src.glob("train/*/*.JPEG")):
+        if re.fullmatch(r"n\d+_\d+\.JPEG", f.name):
+            for k in range(1, copies):
+                shutil.copyfile(f, f.with_name(f"{f.stem}c{k}.JPEG"))
+    convert.convert(src, str(out), shard_mb=32, stats_sample=1000)
+    shutil.rmtree(src)
+    return str(out)
+
+
+def write_images(root: str, folder: Path, limit: int | None = None) -> int:
+    """The first `limit` (default all) training images of the shards as <folder>/<label>/<i>.JPEG, an
+    ImageFolder tree for the peer (untimed)."""
+    n = shards.split_rows(root, "train")
+    n = n if limit is None else min(limit, n)
+    for a, b in shards.row_ranges(n, max(1, n // 512)):
+        t = shards.read_rows(root, "train", a, b, ["image", "label"])
+        for i, (img, label) in enumerate(zip(t.column("image").to_pylist(), t.column("label").to_pylist(),
+                                             strict=True)):
+            d = folder / f"{label:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{a + i}.JPEG").write_bytes(img)
+    return n
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class TrainSample:
+    """The peer's transform: vgg_ray.transforms.train_sample with its own generator in each DataLoader
+    worker; an undecodable image becomes None (dropped by `collate`), as our pipeline skips it."""
+
+    def __init__(self, scale: tuple[int, int], crop: int):
+        self.scale, self.crop, self.rng = scale, crop, None
+
+    def __call__(self, data: bytes) -> torch.Tensor | None:
+        if self.rng is None:  # first call in this worker process, after the fork
+            self.rng = np.random.default_rng()
+        try:
+            return torch.from_numpy(transforms.train_sample(data, self.scale, self.crop, self.rng))
+        except transforms.UndecodableImage:
+            return None
+
+
+def collate(samples: list):
+    return default_collate([s for s in samples if s[0] is not None])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,60 @@
+"""vgg_ray/checkpoints.py: atomic writes, and every source a user can name resolving to the right net."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from vgg_ray.checkpoints import TORCHVISION_MEAN, load_model, model_record, resolve_source, save_atomic
+from vgg_ray.config import TrainConfig
+from vgg_ray.engine import build_model
+from vgg_ray.models import build_vgg, to_torchvision_state_dict
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """An experiment directory as jobs/train.py leaves it: <exp>/<arch>/best.pt for A and B."""
+    cfg = TrainConfig.from_preset("smoke")
+    for arch in ("A", "B"):
+        net = build_model(cfg.replace(arch=arch), 10)
+        save_atomic(model_record(net, cfg.replace(arch=arch).to_dict(), [1.0, 2.0, 3.0], epoch=3),
+                    tmp_path / "exp" / arch / "best.pt")
+    return tmp_path / "exp"
+
+
+def test_sources_resolve_to_files_run_dirs_and_experiment_dirs(run_dir):
+    assert resolve_source(run_dir / "A" / "best.pt") == run_dir / "A" / "best.pt"
+    assert resolve_source(run_dir / "B") == run_dir / "B" / "best.pt"
+    assert resolve_source(run_dir, arch="B") == run_dir / "B" / "best.pt"  # §3.1: each arch its own net
+    with pytest.raises(FileNotFoundError, match="it holds runs of A, B"):
+        resolve_source(run_dir)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_source(run_dir / "missing")
+
+
+def test_load_model_rebuilds_the_saved_net(run_dir):
+    model, info = load_model(run_dir, arch="B")
+    assert model.arch == "B" and model.crop_size == 32 and info["epoch"] == 3 and info["mean_rgb"] == [1, 2, 3]
+    saved = torch.load(run_dir / "B" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_torchvision_pth_and_unreadable_files(tmp_path):
+    torch.save(to_torchvision_state_dict(build_vgg("A", num_classes=5)), tmp_path / "vgg11.pth")
+    model, info = load_model(tmp_path / "vgg11.pth")
+    assert model.arch == "A" and info["source"] == "torchvision" and info["mean_rgb"] == TORCHVISION_MEAN
+    with pytest.raises(ValueError, match="holds config A weights, but D was asked for"):
+        load_model(tmp_path / "vgg11.pth", arch="D")
+    (tmp_path / "half.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="half.pt: not a readable weights file"):
+        load_model(tmp_path / "half.pt")
+
+
+def test_save_atomic_never_leaves_half_a_file(tmp_path):
+    save_atomic({"x": torch.ones(2)}, tmp_path / "a.pt")
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        save_atomic({"x": lambda: 0}, tmp_path / "a.pt")  # cannot be pickled: the old file stays
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]

@@ -1,0 +1,105 @@
+"""vgg_ray/config.py: presets, validation that names the flag, one flag generator for both configs, and
+the jobs' --help and --print-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vgg_ray.config import PRESETS, EvalConfig, TrainConfig, add_arguments, from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(cls, argv, **fixed):
+    p = argparse.ArgumentParser()
+    add_arguments(p, cls)
+    return from_args(p.parse_args(argv), cls, **fixed)
+
+
+def test_paper_defaults_and_the_smoke_preset():
+    paper = TrainConfig()
+    assert (paper.batch_size, paper.lr, paper.momentum, paper.weight_decay, paper.dropout) == (256, 1e-2, 0.9, 5e-4, 0.5)
+    assert paper.train_scale == (256, 256) and paper.name == "paper-S256" and paper.val_scale_px == 256
+    smoke = TrainConfig.from_preset("smoke", train_scale="256-512")
+    assert smoke.crop_size == 32 and smoke.train_scale_px == (37, 73) and smoke.name == "smoke-S256-512"
+    assert TrainConfig.from_dict(json.loads(smoke.to_json())) == smoke  # as it travels to Ray workers
+
+
+def test_flags_override_the_preset_and_keep_its_other_values():
+    cfg = parse(TrainConfig, ["--preset", "smoke", "--lr", "0.05", "--workers", "2"], arch="B")
+    assert (cfg.arch, cfg.lr, cfg.workers, cfg.crop_size, cfg.per_worker_batch) == ("B", 0.05, 2, 32, 16)
+    assert cfg.micro == 16 and parse(TrainConfig, ["--micro-batch", "64"]).micro == 64
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--dropout", "2"], "--dropout 2.0: must be in [0, 1)"),
+    (["--momentum", "-5"], "--momentum -5.0: must be in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0: must be >= 0"),
+    (["--max-failures", "-2"], "--max-failures -2: must be >= 0"),
+    (["--lr", "0"], "--lr 0.0: must be > 0"),
+    (["--batch-size", "100", "--workers", "3"], "--batch-size 100 is not divisible by --workers 3"),
+    (["--micro-batch", "7"], "--micro-batch 7 must divide"),
+    (["--train-scale", "200"], "train scale '200'"),
+    (["--init", "from:"], "--init from:"),
+    (["--crop-size", "50"], "--crop-size 50"),
+])
+def test_bad_training_flags_name_the_flag(argv, flag):
+    with pytest.raises(ValueError) as e:
+        parse(TrainConfig, argv)
+    assert flag in str(e.value)
+
+
+def test_eval_config_from_flags():
+    cfg = parse(EvalConfig, ["--model", "D=runs/x/D", "--model", "E=s3://b/runs/E", "--out", "ev",
+                             "--scales", "512,256", "--methods", "dense"])
+    assert cfg.models == {"D": "runs/x/D", "E": "s3://b/runs/E"} and cfg.scales == (256, 512)
+    assert cfg.methods == ("dense",) and cfg.max_batch == 250
+    assert parse(EvalConfig, ["--model", "A=a", "--out", "o"]).methods == ("dense", "multi-crop")
+    for argv, msg in [(["--out", "o"], "--model is required"), (["--model", "A=a"], "--out is required"),
+                      (["--model", "A", "--out", "o"], "expected NAME=SOURCE"),
+                      (["--model", "A=a", "--model", "A=b", "--out", "o"], "each NAME may be given once"),
+                      (["--model", "a/b=c", "--out", "o"], "a name is letters"),
+                      (["--model", "A=a", "--out", "o", "--methods", "ten-crop"], "'ten-crop' is not one of"),
+                      (["--model", "A=a", "--out", "o", "--scales", "100"], "Q must be >= 224"),
+                      (["--model", "A=a", "--out", "o", "--limit", "-1"], "--limit -1: must be >= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            parse(EvalConfig, argv)
+
+
+def test_help_shows_each_default_after_the_preset():
+    p = argparse.ArgumentParser()
+    add_arguments(p, TrainConfig)
+    text = " ".join(p.format_help().split())
+    assert "(default 0.01; smoke preset 0.01)" in text  # --lr
+    assert "(default 224; smoke preset 32)" in text  # --crop-size
+    assert "(default 256)" in text and "{paper,smoke}" in text
+    assert all(f"--{k.replace('_', '-')}" in text for v in PRESETS.values() for k in v)
+
+
+@pytest.mark.parametrize("job,argv", [
+    ("train.py", ["--arch", "A,B", "--preset", "smoke", "--print-config"]),
+    ("eval_ensemble.py", ["--model", "A=runs/A", "--out", "ev", "--print-config"]),
+])
+def test_print_config_resolves_without_starting_ray(job, argv):
+    code = (f"import runpy, sys; sys.argv = ['{job}', *{argv!r}]\n"
+            f"runpy.run_path('jobs/{job}', run_name='__main__')\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"arch": "B"' in out.stdout if job == "train.py" else '"models": {' in out.stdout
+
+
+@pytest.mark.parametrize("job,argv,msg", [
+    ("train.py", ["--dropout", "2"], "--dropout 2.0: must be in [0, 1)"),
+    ("train.py", ["--arch", "F"], "--arch 'F'"),
+    ("eval_ensemble.py", ["--model", "A=x", "--out", "o", "--scales", "100"], "Q must be >= 224"),
+])
+def test_jobs_refuse_bad_flags_in_one_line_with_status_2(job, argv, msg):
+    out = subprocess.run([sys.executable, f"jobs/{job}", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr

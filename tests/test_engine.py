@@ -1,0 +1,92 @@
+"""vgg_ray/engine.py: the one training step and the validation counts, against plain PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vgg_ray.config import TrainConfig
+from vgg_ray.engine import TrainStep, build_model, validation_counts
+
+STATS = {"mean_rgb": [120.0, 110.0, 100.0], "eigval": [0.2 * 255**2, 0.02 * 255**2, 0.005 * 255**2],
+         "eigvec": torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))[0].tolist()}
+CPU = torch.device("cpu")
+
+
+def tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(TrainConfig.from_preset("smoke", dropout=0.0), 10)
+
+
+def batch(n: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+
+def test_one_step_is_plain_sgd_on_the_mean_subtracted_batch():
+    x, y = batch()
+    ours, ref = tiny(), tiny()
+    loss = TrainStep(ours, sgd(ours), STATS, CPU, micro=8, colour_shift_std=0.0)(x, y)
+    opt = sgd(ref)
+    inputs = x.permute(0, 3, 1, 2).float() - torch.tensor(STATS["mean_rgb"]).view(1, 3, 1, 1)
+    ref_loss = F.cross_entropy(ref(inputs), y)
+    ref_loss.backward()
+    opt.step()
+    assert loss.item() == pytest.approx(ref_loss.item() * 8, rel=1e-5)  # the summed loss of the batch
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_accumulate_to_the_same_update():
+    x, y = batch()
+    whole, parts = tiny(), tiny()
+    TrainStep(whole, sgd(whole), STATS, CPU, micro=8, colour_shift_std=0.0)(x, y)
+    TrainStep(parts, sgd(parts), STATS, CPU, micro=2, colour_shift_std=0.0)(x, y)
+    for a, b in zip(whole.parameters(), parts.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_undecodable_rows_count_for_nothing():
+    x, y = batch()
+    ok = torch.tensor([True, True, False, True, True, True, False, True])
+    masked, clean = tiny(), tiny()
+    zeroed = x.clone()
+    zeroed[~ok] = 0  # what the pipeline delivers for an undecodable image
+    loss = TrainStep(masked, sgd(masked), STATS, CPU, micro=4, colour_shift_std=0.0)(zeroed, y, ok)
+    ref = TrainStep(clean, sgd(clean), STATS, CPU, micro=6, colour_shift_std=0.0)(x[ok], y[ok])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(masked.parameters(), clean.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_colour_shift_is_drawn_per_image_and_reproducible_from_the_seed():
+    x, y = batch()
+    a, b, c = tiny(), tiny(), tiny()
+    la = TrainStep(a, sgd(a), STATS, CPU, micro=8, seed=3)(x, y)
+    lb = TrainStep(b, sgd(b), STATS, CPU, micro=8, seed=3)(x, y)
+    lc = TrainStep(c, sgd(c), STATS, CPU, micro=8, seed=4)(x, y)
+    assert la.item() == lb.item() != lc.item()
+
+
+def test_validation_counts_by_hand():
+    model = tiny().eval()
+    x, y = batch(6)
+    mean = torch.tensor(STATS["mean_rgb"])
+    with torch.no_grad():
+        logits = model(x.permute(0, 3, 1, 2).float() - mean.view(1, 3, 1, 1))
+    top5 = logits.topk(5, dim=1).indices
+    y = top5[:, 0].clone()
+    y[1] = top5[1, 3]  # top-5 only
+    y[2] = logits[2].argmin()  # neither
+    ok = torch.tensor([True, True, True, True, True, False])
+    counts = validation_counts(model, x, y, mean, ok)
+    assert counts.tolist() == [3.0, 4.0, 5.0] and counts.dtype == torch.float64  # row 5 left out
+    assert validation_counts(copy.deepcopy(model), x, y, mean).tolist() == [4.0, 5.0, 6.0]

@@ -1,0 +1,204 @@
+"""The Ray Train loop run by every DDP worker: §3.1's SGD on the shards streamed by Ray Data.
+
+Per epoch, on every rank: read the rate decided after the previous epoch (the schedule board), train on
+this rank's share of the training stream, validate on this rank's exact slice of the validation set,
+all-reduce the counts, and report (rank 0 also writes the checkpoint and the run's outputs). The step
+itself is vgg_ray.engine's; Ray context calls stay here, at epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from vgg_ray import metrics as vmetrics
+from vgg_ray import perf
+from vgg_ray.checkpoints import load_model, model_record, resolve_source, save_atomic
+from vgg_ray.config import TrainConfig
+from vgg_ray.distributed import data as vdata
+from vgg_ray.distributed.schedule_board import board
+from vgg_ray.engine import TrainStep, build_model, validation_counts
+from vgg_ray.imagenet.shards import load_manifest
+from vgg_ray.models import transfer_init
+from vgg_ray.schedule import PlateauSchedule
+from vgg_ray.storage import publish_dir
+
+SCHEDULE_TIMEOUT_S = 1800  # the Tune driver decides within seconds; this only turns a lost driver into an error
+
+
+@dataclass
+class Worker:
+    """What one rank holds across epochs."""
+    cfg: TrainConfig
+    rank: int
+    device: torch.device
+    model: torch.nn.Module  # DDP-wrapped when world > 1
+    optimizer: torch.optim.Optimizer
+    step: TrainStep
+    manifest: dict
+    run_dir: str
+    key: str  # the run's key on the schedule board
+    board: ray.actor.ActorHandle
+    val: ray.data.Dataset  # this rank's exact slice of the val split
+    history: list[dict]
+    start_epoch: int
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = setup(config)
+    for epoch in range(w.start_epoch, w.cfg.max_epochs):
+        sched = PlateauSchedule.from_state(ray.get(w.board.after_epoch.remote(w.key, epoch - 1),
+                                                   timeout=SCHEDULE_TIMEOUT_S))
+        if sched.stop:
+            break
+        t0 = time.perf_counter()
+        loss_sum, seen, bad_train = train_epoch(w, sched.lr)
+        train_s = time.perf_counter() - t0
+        c1, c5, n_val, bad_val = validate(w)
+        loss_sum, seen, bad, c1, c5, n_val = all_reduce_sum([loss_sum, seen, bad_train + bad_val, c1, c5, n_val],
+                                                            w.device)
+        if n_val == 0:
+            raise RuntimeError(f"{config['root']}: the validation split is empty")
+        row = {"epoch": epoch, "lr": sched.lr, "train_loss": loss_sum / max(seen, 1),
+               "top1_err": 100 * (1 - c1 / n_val), "top5_err": 100 * (1 - c5 / n_val), "top1_acc": c1 / n_val,
+               "images_per_s": seen / train_s, "epoch_s": time.perf_counter() - t0, "n_val": int(n_val),
+               "corrupt_images": int(bad), "started_at_epoch": w.start_epoch}
+        w.history.append(row)
+        checkpoint_and_report(w, epoch, row, sched)
+
+
+def setup(config: dict) -> Worker:
+    """The model (resumed from Ray Train's latest checkpoint, or initialised as §3.1 says), DDP, the
+    optimizer, the step, and the schedule the run continues from, seeded on the board."""
+    cfg = TrainConfig.from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        perf.configure_backends()  # cuDNN autotuning, TF32
+    manifest = load_manifest(config["root"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, manifest["num_classes"])
+    resumed = load_checkpoint(model)
+    if resumed is not None:
+        start_epoch, history, sched, opt_state = resumed
+    else:
+        start_epoch, history, opt_state = 0, [], None
+        sched = PlateauSchedule(lr=cfg.lr, patience=cfg.plateau_patience, max_decreases=cfg.max_lr_decreases)
+        if cfg.init.startswith("from:"):
+            source, _ = load_model(resolve_source(cfg.init[len("from:"):], cfg.arch))
+            copied = transfer_init(model, source)
+            if rank == 0:
+                print(f"[{cfg.arch}] initialised {', '.join(copied)} from {cfg.init[5:]} (§3.1)", flush=True)
+    # channels_last before DDP is built: DDP records the parameters' memory layout
+    model = perf.prepare_for_speed(model, device)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=perf.ddp_kwargs())
+    perf.ddp_comm_hook(model)  # bf16 gradient all-reduce on NCCL; nothing on gloo or one worker
+    optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    step = TrainStep(model, optimizer, manifest, device, micro=cfg.micro, colour_shift_std=cfg.colour_shift_std,
+                     seed=cfg.seed * 1000 + rank)
+    schedule_board = board(config["board"])
+    ray.get(schedule_board.seed.remote(config["key"], sched.state_dict()))
+    val = vdata.val_dataset(config["root"], rank, ctx.get_world_size(), cfg.val_scale_px, cfg.crop_size)
+    return Worker(cfg, rank, device, model, optimizer, step, manifest, config["run_dir"], config["key"],
+                  schedule_board, val, history, start_epoch)
+
+
+def load_checkpoint(model) -> tuple[int, list[dict], PlateauSchedule, dict] | None:
+    """(start epoch, history, schedule, optimizer state) from Ray Train's latest checkpoint, or None."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        weights = torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(weights["model"])
+    history = state["history"]
+    # The checkpoint was written before the Tune driver saw its epoch: replay that decision here.
+    sched = PlateauSchedule.from_state(state["schedule"]).observe(history[-1]["epoch"], history[-1]["top1_acc"])
+    return history[-1]["epoch"] + 1, history, sched, state["optimizer"]
+
+
+def train_epoch(w: Worker, lr: float) -> tuple[float, int, int]:
+    """One pass over this rank's share of the training stream: (summed loss, images, undecodable images)."""
+    for group in w.optimizer.param_groups:
+        group["lr"] = lr
+    w.model.train()
+    loss_sum = torch.zeros((), device=w.device)  # on the device: no per-step GPU sync
+    seen = bad = torch.zeros((), dtype=torch.long, device=w.device)
+    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=w.cfg.per_worker_batch, drop_last=True, device=w.device):
+        loss_sum += w.step(batch["image"], batch["label"], batch["ok"])
+        seen = seen + batch["ok"].sum()
+        bad = bad + (~batch["ok"]).sum()
+    return loss_sum.item(), int(seen), int(bad)
+
+
+def validate(w: Worker) -> tuple[int, int, int, int]:
+    """(top-1 hits, top-5 hits, images, undecodable images) on this rank's slice of the val split."""
+    w.model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=w.device)
+    bad = torch.zeros((), dtype=torch.long, device=w.device)
+    for batch in w.val.iter_torch_batches(batch_size=max(w.cfg.micro, 64), device=w.device):
+        counts += validation_counts(w.model, batch["image"], batch["label"], w.step.mean, batch["ok"])
+        bad += (~batch["ok"]).sum()
+    c1, c5, n = counts.tolist()
+    return int(c1), int(c5), int(n), int(bad)
+
+
+def all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def checkpoint_and_report(w: Worker, epoch: int, row: dict, sched: PlateauSchedule) -> None:
+    """Rank 0 writes the checkpoint (weights, optimizer, schedule, history) and the run's outputs; every
+    rank reports (ray.train.report is a barrier)."""
+    checkpoint, tmp = None, None
+    if w.rank == 0:
+        tmp = tempfile.mkdtemp(prefix="vgg_ray_ckpt_")
+        net = w.model.module if hasattr(w.model, "module") else w.model
+        record = model_record(net, w.cfg.to_dict(), w.manifest["mean_rgb"], epoch=epoch,
+                              top1_err=row["top1_err"], top5_err=row["top5_err"])
+        save_atomic(record, Path(tmp) / "model.pt")
+        save_atomic({"optimizer": w.optimizer.state_dict(), "schedule": sched.state_dict(),
+                     "history": w.history}, Path(tmp) / "state.pt")
+        checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        write_outputs(w.run_dir, w.cfg, w.history, record)
+        print(f"[{w.cfg.arch}] epoch {epoch}: lr {sched.lr:.3g} loss {row['train_loss']:.3f} "
+              f"top-1 err {row['top1_err']:.1f}% top-5 err {row['top5_err']:.1f}% "
+              f"({row['images_per_s']:.0f} img/s, {row['epoch_s']:.1f} s"
+              + (f", {row['corrupt_images']} undecodable images skipped" if row["corrupt_images"] else "")
+              + ")", flush=True)
+    ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:03d}")
+    if tmp is not None:  # Ray Train has copied the checkpoint to storage
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: dict) -> None:
+    """metrics.csv, curves.png, TensorBoard events, config.json and best.pt, into the run directory."""
+    with publish_dir(run_dir) as out:
+        out = Path(out)
+        (out / "config.json").write_text(cfg.to_json())
+        vmetrics.write_metrics_csv(out / "metrics.csv", history)
+        vmetrics.plot_curves(out / "curves.png", history, title=f"VGG {cfg.arch}, S={cfg.train_scale}")
+        vmetrics.log_tensorboard(out / "tensorboard", history[-1])
+        if history[-1]["top1_err"] <= min(r["top1_err"] for r in history):
+            save_atomic(record, out / "best.pt")
+            (out / "best.json").write_text(json.dumps({k: history[-1][k] for k in ("epoch", "top1_err",
+                                                                                  "top5_err")}))

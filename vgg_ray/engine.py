@@ -1,0 +1,88 @@
+"""One training step and the validation counts: what every trainer (the Ray Train loop, the benchmark's
+paths and its plain PyTorch peer) runs per batch. Pure PyTorch.
+
+A batch arrives as uint8 NHWC images on the device (decoded, rescaled, cropped and flipped on CPUs), with
+an optional `ok` mask: rows whose image could not be decoded hold zeros and count for nothing. The step:
+§2.1's mean subtraction and §3.1's colour shift on the device -> micro-batches under bf16 autocast (on
+CUDA), their gradients accumulated into one update of the whole batch -> SGD. Nothing here synchronises
+with the device: losses and counts stay tensors until the caller reads them once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgg_ray.config import TrainConfig
+from vgg_ray.evaluation import topk_correct
+from vgg_ray.models import VGG, build_vgg
+from vgg_ray.transforms import colour_shift, to_float_nchw
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> VGG:
+    """The net a training configuration trains, freshly initialised (seed it first for repeatability)."""
+    return build_vgg(cfg.arch, num_classes=num_classes, **cfg.model_kwargs())
+
+
+def _autocast(device: torch.device, amp: bool):
+    # bf16 keeps fp32's exponent range: no loss scaling, no overflow in VGG's large FC activations.
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+class TrainStep:
+    """§3.1's SGD step on one global batch's share. `stats` is the manifest's RGB statistics (mean_rgb,
+    eigval, eigvec, 0-255 units); `micro` images per forward pass (gradient accumulation below the batch;
+    DDP all-reduces once, on the last micro-batch)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stats: Mapping, device: torch.device,
+                 *, micro: int, colour_shift_std: float = 0.1, seed: int = 0, amp: bool | None = None,
+                 channels_last: bool | None = None):
+        on_gpu = device.type == "cuda"
+        self.model, self.optimizer, self.device, self.micro = model, optimizer, device, micro
+        self.mean, self.eigval, self.eigvec = (torch.tensor(stats[k], dtype=torch.float32, device=device)
+                                               for k in ("mean_rgb", "eigval", "eigvec"))
+        self.colour_shift_std = colour_shift_std
+        self.generator = torch.Generator().manual_seed(seed)  # the colour shift's alphas, drawn on the CPU
+        self.amp = on_gpu if amp is None else amp
+        self.channels_last = on_gpu if channels_last is None else channels_last
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
+        """One update; returns the summed loss of the batch's good images (a device tensor, no sync)."""
+        x = to_float_nchw(images, self.mean, channels_last=self.channels_last)
+        x = colour_shift(x, self.eigval, self.eigvec, self.colour_shift_std, self.generator)
+        y = labels.long()
+        weight = torch.ones(len(y), device=x.device) if ok is None else ok.to(x.device, torch.float32)
+        n_good = weight.sum().clamp(min=1)  # a tensor: dividing by it needs no host sync
+        chunks = list(zip(x.split(self.micro), y.split(self.micro), weight.split(self.micro), strict=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=x.device)
+        for i, (xc, yc, wc) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            sync = no_sync() if not last and no_sync is not None else contextlib.nullcontext()
+            with sync, _autocast(self.device, self.amp):
+                loss = (F.cross_entropy(self.model(xc), yc, reduction="none").float() * wc).sum()
+                (loss / n_good).backward()
+            total += loss.detach()
+        self.optimizer.step()
+        return total
+
+
+@torch.no_grad()
+def validation_counts(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                      ok: torch.Tensor | None = None, amp: bool | None = None,
+                      channels_last: bool | None = None) -> torch.Tensor:
+    """float64 [top-1 hits, top-5 hits, images] of one batch of centre crops (undecodable rows excluded),
+    on the device, to be summed over batches and all-reduced over ranks."""
+    on_gpu = images.device.type == "cuda"
+    x = to_float_nchw(images, mean, channels_last=on_gpu if channels_last is None else channels_last)
+    with _autocast(images.device, on_gpu if amp is None else amp):
+        logits = model(x).float()
+    good = torch.ones(len(labels), dtype=torch.bool, device=images.device) if ok is None else ok.bool()
+    y = labels.long()
+    return torch.stack([(topk_correct(logits, y, 1) & good).sum(), (topk_correct(logits, y, 5) & good).sum(),
+                        good.sum()]).double()
