@@ -174,18 +174,17 @@ def mfu(images_per_s: float, macs_per_image: int, peak_flops: float) -> float:
 class Peak:
     name: str
     spec: float  # FLOP/s, dense (no 2:4 sparsity) bf16 tensor-core peak from the datasheet
-    measured: float | None  # FLOP/s, an 8192^3 bf16 matmul seen on this workplace's machine of that kind
+    measured: float | None  # FLOP/s, an 8192^3 bf16 matmul on a machine of that kind (bench/README.md)
 
 
 # Matched in order against torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3" is the SXM part). MFU is
-# reported against `spec`, the usual definition (PaLM, appendix B); the targets (D >= 4,000 img/s
-# ~ 46%) are against the 798 TFLOP/s matmul measured on this workplace's H100 (device KINDS.md,
-# 2026-11-13), which the benchmark also reports as `mfu_vs_matmul` and re-measures in every run.
+# reported against `spec`, the usual definition (PaLM, appendix B); the benchmark also reports it against
+# the matmul rate it measures in every run (`mfu_vs_matmul`), the measure the targets use.
 BF16_PEAKS: list[tuple[str, Peak]] = [
     (r"H100.*PCIe", Peak("H100 PCIe", 756e12, None)),
     (r"H100.*NVL", Peak("H100 NVL", 835e12, None)),
     (r"H100", Peak("H100 SXM", 989.4e12, 798e12)),
-    (r"H200", Peak("H200", 989.4e12, 788e12)),  # same chip as the H100 SXM; 769-798 seen here
+    (r"H200", Peak("H200", 989.4e12, 788e12)),  # same chip as the H100 SXM
     (r"A100", Peak("A100", 312e12, None)),
     (r"\bL4\b", Peak("L4", 121e12, None)),
 ]

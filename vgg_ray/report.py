@@ -86,19 +86,15 @@ def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title
               + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop).", ""]
 
     per_q = [r for r in single if len(r["scales"]) == 1]
-    if per_q:
-        lines += ["## Single test scale (layout of Table 3)", "",
-                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in per_q]
-        lines.append("")
     multi = [r for r in full if r["method"] != BOTH and len(r["scales"]) > 1]
-    if multi:
-        lines += ["## Multiple test scales (layout of Table 4)", "",
-                  "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in multi]
-        lines.append("")
+    for heading, chosen in (("Single test scale (layout of Table 3)", per_q),
+                            ("Multiple test scales (layout of Table 4)", multi)):
+        if chosen:
+            lines += [f"## {heading}", "",
+                      "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | "
+                      f"{' | '.join(err(r))} |" for r in chosen]
+            lines.append("")
     methods = [m for m in METHODS if any(r["method"] == m for r in full)]
     if full:
         lines += ["## Evaluation methods (layout of Table 5)", "",

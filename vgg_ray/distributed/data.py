@@ -23,7 +23,7 @@ from vgg_ray.imagenet import shards
 
 # Images per Ray Data map task: a task costs a few ms of scheduling and object-store traffic whatever its
 # size, so it should carry ~0.5 s of decoding (128 ImageNet images at S = 256, 3-4 ms each); its output,
-# 128 crops of 224 px, is a 19 MB block. On 2 cores 128 gave 1.4x the images/s of 16 (jobs/bench_data.py).
+# 128 crops of 224 px, is a 19 MB block (bench/README.md, "Pipeline settings").
 MAP_BATCH = 128
 
 
@@ -83,10 +83,10 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     if not files:
         raise FileNotFoundError(f"no train shards under {shards.join(root, 'train')}")
     # Ray 2.60's datasource-V2 parquet reader starts fresh FooterReader actors at every execution, i.e.
-    # every epoch (~10 s on 2 cores, the whole of a demo epoch); the V1 reader reads footers inside its
-    # read tasks. One read task per file: with fewer than 200 files Ray would otherwise split each read
-    # into several blocks, and a split read is not fused with the decode below; two operators then
-    # share the CPUs by reservation and the decode got half of them (1.5x images/s fused, 2 cores).
+    # every epoch; the V1 reader reads footers inside its read tasks. One read task per file: with fewer
+    # than 200 files Ray would otherwise split each read into several blocks, and a split read is not
+    # fused with the decode below; two operators then share the CPUs by reservation and the decode gets
+    # half of them. (Figures: bench/README.md, "Pipeline settings".)
     ctx = DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
