@@ -20,13 +20,24 @@ setup() {
   "$venv/bin/python" -c "import vgg_ray, ray, torch" || { echo "set-up failed: see pip's output above" >&2; exit 1; }
 }
 
+# Stop the head this script started, by its PID, and forget it: `ray start` recorded its address in
+# /tmp/ray/ray_current_cluster, where a later bare ray.init() would find a dead head and wait for minutes.
+stop_head() {
+  local pid=$1 port=$2 recorded=/tmp/ray/ray_current_cluster
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  if [ -f "$recorded" ] && grep -q ":$port\$" "$recorded"; then rm -f "$recorded"; fi
+  echo "stopped the local Ray head (pid $pid)"
+}
+
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 demo() {
   export PATH="$venv/bin:$PATH"  # the head's workers and the jobs' drivers run this venv's python
   # Token authentication on (Ray 2.60's default, made explicit): the head and `ray job submit` read the
-  # token from ~/.ray/auth_token, which the head creates on first start.
+  # token from ~/.ray/auth_token. `ray start` never makes one (a fresh machine has none); this does, once.
   export RAY_AUTH_MODE=token
+  ray get-auth-token --generate >/dev/null 2>&1 || { echo "could not create ~/.ray/auth_token" >&2; exit 1; }
   local port dash runs head_pid logdir
   port=$(free_port); dash=$(free_port)
   runs=${VGG_RAY_DEMO_RUNS:-$root/runs}
@@ -37,7 +48,7 @@ demo() {
     --num-cpus=8 --include-dashboard=true >"$logdir/head.log" 2>&1 &
   head_pid=$!
   # keep the script's own exit status: the head's TERM status is not the demo's
-  trap 'rc=$?; kill -TERM '"$head_pid"' 2>/dev/null || true; wait '"$head_pid"' 2>/dev/null || true; echo "stopped the local Ray head (pid '"$head_pid"')"; exit $rc' EXIT
+  trap 'rc=$?; stop_head '"$head_pid"' '"$port"'; exit $rc' EXIT
   export RAY_ADDRESS="http://127.0.0.1:$dash"
   for _ in $(seq 120); do
     ray job list >/dev/null 2>&1 && break

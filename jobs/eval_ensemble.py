@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vgg_ray.checkpoints import resolve_source
 from vgg_ray.config import EvalConfig, add_arguments, from_args
+from vgg_ray.imagenet.demo import resolve_data
+from vgg_ray.models import ARCHS
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,14 +35,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(cfg.to_json())
         return {}
 
-    from vgg_ray.distributed.evaluate import evaluate  # imports Ray: after the flags are checked
-    from vgg_ray.distributed.session import connect
-    from vgg_ray.imagenet.demo import resolve_data
-
-    try:
+    try:  # every path before Ray starts: the data and each model
         root = resolve_data(cfg.data)
+        for name, source in cfg.models.items():
+            resolve_source(source, arch=name if name in ARCHS else None)
     except FileNotFoundError as e:
         parser.error(str(e))
+
+    from vgg_ray.distributed.evaluate import evaluate  # imports Ray: after the flags are checked
+    from vgg_ray.distributed.session import connect
+
     connect()
     result = evaluate(cfg, root)
     print(result["markdown"])

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vgg_ray.checkpoints import resolve_source
 from vgg_ray.config import TrainConfig, add_arguments, from_args
+from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
 
 
@@ -37,6 +39,16 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     if args.print_config:
         print("\n".join(c.to_json() for c in cfgs))
         return {}
+    try:  # and every path: the data, and the net each configuration starts from
+        resolve_data(cfgs[0].data)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    for c in cfgs:
+        if c.init.startswith("from:"):
+            try:
+                resolve_source(c.init[len("from:"):], c.arch)
+            except FileNotFoundError as e:
+                parser.error(f"--init {c.init}: {e}")
 
     from vgg_ray.distributed.trainer import train  # imports Ray: after the flags are known to be good
 

@@ -25,9 +25,9 @@ def run_dir(tmp_path):
 
 
 def test_sources_resolve_to_files_run_dirs_and_experiment_dirs(run_dir):
-    assert resolve_source(run_dir / "A" / "best.pt") == run_dir / "A" / "best.pt"
-    assert resolve_source(run_dir / "B") == run_dir / "B" / "best.pt"
-    assert resolve_source(run_dir, arch="B") == run_dir / "B" / "best.pt"  # §3.1: each arch its own net
+    assert resolve_source(run_dir / "A" / "best.pt") == str(run_dir / "A" / "best.pt")
+    assert resolve_source(run_dir / "B") == str(run_dir / "B" / "best.pt")
+    assert resolve_source(run_dir, arch="B") == str(run_dir / "B" / "best.pt")  # §3.1: each arch its own net
     with pytest.raises(FileNotFoundError, match="it holds runs of A, B"):
         resolve_source(run_dir)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):

@@ -99,6 +99,10 @@ def test_print_config_resolves_without_starting_ray(job, argv):
     ("train.py", ["--dropout", "2"], "--dropout 2.0: must be in [0, 1)"),
     ("train.py", ["--arch", "F"], "--arch 'F'"),
     ("eval_ensemble.py", ["--model", "A=x", "--out", "o", "--scales", "100"], "Q must be >= 224"),
+    ("train.py", ["--data", "/nonexistent/shards"], "--data '/nonexistent/shards'"),
+    ("train.py", ["--data", "demo", "--preset", "smoke", "--init", "from:/nonexistent/run"],
+     "--init from:/nonexistent/run: /nonexistent/run: no such checkpoint"),
+    ("eval_ensemble.py", ["--model", "A=/nonexistent/A", "--out", "o"], "/nonexistent/A: no such checkpoint"),
 ])
 def test_jobs_refuse_bad_flags_in_one_line_with_status_2(job, argv, msg):
     out = subprocess.run([sys.executable, f"jobs/{job}", *argv], cwd=ROOT, capture_output=True, text=True)

@@ -9,12 +9,14 @@ run directory (its `best.pt`), or a torchvision `vgg11/13/16/19` `.pth`.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
+from vgg_ray import storage
 from vgg_ray.config import TrainConfig
 from vgg_ray.engine import build_model
 from vgg_ray.models import VGG, build_vgg, load_torchvision_state_dict, torchvision_arch
@@ -51,29 +53,29 @@ def model_record(model: VGG, config: dict, mean_rgb, std_rgb=None, **extra) -> d
             "model": state, **extra}
 
 
-def _load(path: Path) -> dict:
+def _load(path: str) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files: say which file
         raise ValueError(f"{path}: not a readable weights file ({e})") from e
 
 
-def resolve_source(source: str | os.PathLike, arch: str | None = None) -> Path:
+def resolve_source(source: str | os.PathLike, arch: str | None = None) -> str:
     """A file is itself; a run directory means its best.pt; an experiment directory (jobs/train.py's
     <storage>/<name>, one run per arch) means <arch>/best.pt, so `--init from:runs/paper-S256` gives each
-    configuration its own S=256 net (§3.1: S=384 from S=256, jittered from S=384)."""
-    p = Path(source)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p}: no such checkpoint file or run directory")
-    if (p / BEST).is_file():
-        return p / BEST
-    if arch is not None and (p / arch / BEST).is_file():
-        return p / arch / BEST
-    runs = sorted(d.name for d in p.iterdir() if (d / BEST).is_file())
-    hint = f" (it holds runs of {', '.join(runs)}; name one, e.g. {p / runs[0]})" if runs else ""
-    raise FileNotFoundError(f"{p}: no {BEST} here{' nor in ' + arch + '/' if arch else ''}{hint}; a run "
+    configuration its own S=256 net (§3.1: S=384 from S=256, jittered from S=384). Local paths and URIs
+    (s3://, gs://) alike."""
+    source = str(source)
+    if storage.is_file(source):
+        return source
+    if not storage.is_dir(source):
+        raise FileNotFoundError(f"{source}: no such checkpoint file or run directory")
+    for candidate in [storage.join(source, BEST)] + ([storage.join(source, arch, BEST)] if arch else []):
+        if storage.is_file(candidate):
+            return candidate
+    runs = [d for d in storage.list_dirs(source) if storage.is_file(storage.join(source, d, BEST))]
+    hint = f" (it holds runs of {', '.join(runs)}; name one, e.g. {storage.join(source, runs[0])})" if runs else ""
+    raise FileNotFoundError(f"{source}: no {BEST} here{' nor in ' + arch + '/' if arch else ''}{hint}; a run "
                             f"directory holds {BEST} after its first epoch")
 
 
@@ -94,5 +96,5 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
         model = load_torchvision_state_dict(build_vgg(found, num_classes=num_classes), blob)
         info = {"arch": found, "num_classes": num_classes, "config": {"crop_size": 224, "preset": "paper"},
                 "mean_rgb": TORCHVISION_MEAN, "std_rgb": TORCHVISION_STD, "source": "torchvision"}
-    info["path"] = str(path)
+    info["path"] = path
     return model.to(map_location), info

@@ -43,6 +43,29 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def is_file(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def is_dir(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the folders directly in `path` (on object stores: the common prefixes)."""
+    fs, p = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
 def cache_dir() -> Path:
     """vgg_ray's cache on this machine: the demo data, the benchmark photos, mirrors of URI outputs."""
     return Path(os.environ.get("VGG_RAY_CACHE") or Path.home() / ".cache" / "vgg_ray")

@@ -37,13 +37,17 @@ def head(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     dash = _port()
+    # a fresh machine has no ~/.ray/auth_token, and `ray start` with token auth makes none
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     log = tmp_path_factory.mktemp("head") / "head.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={_port()}",
+        gcs = _port()
+        proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}",
                                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=8",
                                  "--include-dashboard=true"], stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     env["RAY_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    recorded = Path("/tmp/ray/ray_current_cluster")
     try:
         # `ray job list` retries its connection for a while: the head is up once it answers
         for _ in range(60):
@@ -61,6 +65,9 @@ def head(tmp_path_factory):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        # `ray start` recorded this head as the machine's current cluster: forget it now it is gone
+        if recorded.is_file() and recorded.read_text().strip().endswith(f":{gcs}"):
+            recorded.unlink()
 
 
 def ray_job(env, *args, **kw):

@@ -1,4 +1,4 @@
-"""Connecting a job to Ray: the cluster when there is one, else a local instance sized for training."""
+"""Connecting a job to Ray: the cluster it is pointed at, else a local instance of its own."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ LOCAL_CPUS = 8
 
 
 def connect(num_cpus: int = LOCAL_CPUS) -> None:
-    """Join the cluster when there is one (a job submitted with `ray job submit`, or RAY_ADDRESS set);
-    else start Ray here with at least `num_cpus` logical CPUs.
+    """Join the cluster when this process is pointed at one (a job submitted with `ray job submit`, or
+    RAY_ADDRESS set to a GCS address); else start a Ray of its own here with at least `num_cpus`
+    logical CPUs.
 
-    Not ray.init(address="auto") when RAY_ADDRESS is unset: "auto" also joins any Ray instance it finds
-    running on the machine, such as another user's test session.
+    Never a bare ray.init(): it joins whatever /tmp/ray/ray_current_cluster names, and when that head
+    has died (stopped by PID, a reboot) it waits on GCS time-outs for minutes instead of starting.
     """
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto")
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        raise SystemExit(f"RAY_ADDRESS={address} is a dashboard address, for `ray job submit`: submit this "
+                         "script with `ray job submit -- python ...`, or unset RAY_ADDRESS to run it here")
+    if address:
+        ray.init(address=address)
         return
-    try:
-        ray.init(num_cpus=max(num_cpus, os.cpu_count() or 1))
-    except ValueError:  # "When connecting to an existing cluster, num_cpus ... must not be provided"
-        ray.init()
+    ray.init(address="local", num_cpus=max(num_cpus, os.cpu_count() or 1))
