@@ -1,8 +1,20 @@
-"""Shared fixtures: one local Ray instance per test module, and tiny ImageNet-layout data."""
+"""Shared fixtures: one local Ray instance per test module, tiny ImageNet-layout data, and an S3-compatible
+server on loopback."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +54,48 @@ def demo_shards(demo_tree, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("demo_shards")
     convert.convert(demo_tree, str(out), shard_mb=0.2, stats_sample=100)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(tmp_path_factory):
+    """s3://vgg on moto's standalone S3 server, listening on 127.0.0.1 only, for this module. The AWS
+    variables point this process, and the Ray processes started after it, at the server (pyarrow reads
+    AWS_ENDPOINT_URL). The server is stopped by its own PID and the variables restored, even on failure."""
+    import pyarrow.fs as pafs
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        os.environ.update(env)
+        for _ in range(300):  # the server answers within seconds; each try waits up to 0.1 s on the socket
+            if proc.poll() is not None:
+                pytest.fail(f"moto's S3 server exited: {log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                try:
+                    proc.wait(timeout=0.1)  # a pause that also notices the server's death
+                except subprocess.TimeoutExpired:
+                    pass
+        else:
+            pytest.fail(f"moto's S3 server never listened on 127.0.0.1:{port}")
+        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir("vgg")
+        yield "s3://vgg"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

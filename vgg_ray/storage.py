@@ -2,14 +2,17 @@
 
 Everything a run reads or writes goes through pyarrow's file systems, the layer Ray Train uses for its
 checkpoints, so a user may give a path or a URI anywhere. Runs write small files (metrics.csv, curves.png,
-best.pt) every epoch: for a URI they are written to a local mirror first and then copied up.
+best.pt) every epoch: for a URI they are written to a local mirror first and the changed ones copied up.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import hashlib
 import os
+import posixpath
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,20 +70,39 @@ def read_bytes(path: str) -> bytes:
 
 
 def cache_dir() -> Path:
-    """vgg_ray's cache on this machine: the demo data, the benchmark photos, mirrors of URI outputs."""
+    """vgg_ray's cache on this machine: the demo data and the benchmark photos."""
     return Path(os.environ.get("VGG_RAY_CACHE") or Path.home() / ".cache" / "vgg_ray")
+
+
+# URI targets of this process: target -> (local mirror, {relative path: (size, mtime_ns) last uploaded}).
+_mirrors: dict[str, tuple[Path, dict[str, tuple[int, int]]]] = {}
 
 
 @contextlib.contextmanager
 def publish_dir(target: str) -> Iterator[str]:
-    """Yield a local directory whose contents end up in `target` (itself, when it is local)."""
+    """Yield a local directory whose contents end up in `target` (itself, when it is local).
+
+    For a URI the directory is a mirror of this process's, kept across calls: files are written there and
+    on the way out only those that are new or changed since their last upload are copied up, so a run
+    that rewrites metrics.csv every epoch does not upload its unchanged best.pt again.
+    """
     if not is_uri(target):
         Path(target).mkdir(parents=True, exist_ok=True)
         yield target
         return
-    mirror = cache_dir() / "mirror" / hashlib.sha1(target.encode()).hexdigest()[:16]
-    mirror.mkdir(parents=True, exist_ok=True)
+    if target not in _mirrors:
+        mirror = Path(tempfile.mkdtemp(prefix="vgg_ray_mirror_"))
+        atexit.register(shutil.rmtree, mirror, True)
+        _mirrors[target] = (mirror, {})
+    mirror, uploaded = _mirrors[target]
     yield str(mirror)
-    fs, path = filesystem(target)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(mirror), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    fs, base = filesystem(target)
+    for f in sorted(p for p in mirror.rglob("*") if p.is_file()):
+        rel, st = f.relative_to(mirror).as_posix(), f.stat()
+        if uploaded.get(rel) == (st.st_size, st.st_mtime_ns):
+            continue
+        dest = posixpath.join(base, rel)
+        fs.create_dir(posixpath.dirname(dest), recursive=True)
+        with f.open("rb") as src, fs.open_output_stream(dest) as out:
+            shutil.copyfileobj(src, out, 8 * 2**20)
+        uploaded[rel] = (st.st_size, st.st_mtime_ns)

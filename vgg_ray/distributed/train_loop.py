@@ -194,7 +194,8 @@ def write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: d
     """metrics.csv, curves.png, TensorBoard events, config.json and best.pt, into the run directory."""
     with publish_dir(run_dir) as out:
         out = Path(out)
-        (out / "config.json").write_text(cfg.to_json())
+        if not (out / "config.json").is_file():  # once per process: unchanged files are not uploaded again
+            (out / "config.json").write_text(cfg.to_json())
         vmetrics.write_metrics_csv(out / "metrics.csv", history)
         vmetrics.plot_curves(out / "curves.png", history, title=f"VGG {cfg.arch}, S={cfg.train_scale}")
         vmetrics.log_tensorboard(out / "tensorboard", history[-1])
