@@ -59,7 +59,7 @@ demo() {
   local env='{"working_dir": ".", "excludes": [".venv/", ".git/", "runs/", "results/", ".cache/", ".whl/"]}'
   # The smoke preset (1/16 width, 32-pixel crops) on the demo data, two configurations side by side.
   ray job submit --runtime-env-json "$env" -- python jobs/train.py --arch A,B --preset smoke \
-    --data demo --cpu --workers 2 --storage "$runs" --name demo "$@"
+    --data demo --device cpu --workers 2 --storage "$runs" --name demo "$@"
   ray job submit --runtime-env-json "$env" -- python jobs/eval_ensemble.py --data demo \
     --model "A=$runs/demo/A" --model "B=$runs/demo/B" --out "$runs/demo/eval"
   echo

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from vgg_ray.checkpoints import resolve_source
-from vgg_ray.config import EvalConfig, add_arguments, from_args
+from vgg_ray.config import EvalConfig, UsageError, add_arguments, from_args
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
 
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     from vgg_ray.distributed.session import connect
 
     connect()
-    result = evaluate(cfg, root)
+    try:
+        result = evaluate(cfg, root)
+    except UsageError as e:  # found once the cluster is known, before any work
+        parser.error(str(e))
     print(result["markdown"])
     print(f"{result['n_images']} images x {len(cfg.models)} models: {result['pieces']} pieces"
           + (f"; {result['skipped']} undecodable images left out" if result["skipped"] else ""))

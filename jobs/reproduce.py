@@ -2,7 +2,7 @@
 jittered S in [256, 512]; then the evaluations of Tables 3-5 and the D+E fusion of Table 6.
 
   python jobs/reproduce.py --data s3://bucket/imagenet --storage s3://bucket/runs --name vgg --workers 8
-  python jobs/reproduce.py --archs D,E --preset smoke --data demo --cpu --workers 2 --max-epochs 2
+  python jobs/reproduce.py --archs D,E --preset smoke --data demo --device cpu --workers 2 --max-epochs 2
 
 Submit it again with the same --storage and --name and it skips every finished stage.
 """
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vgg_ray.config import TrainConfig, add_arguments, from_args
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
 from vgg_ray.models import ARCHS
 
 
@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from vgg_ray.distributed.reproduce import run  # imports Ray: after the flags are checked
 
-    summary = run(base, archs, init_a=args.init_a, limit=args.limit)
+    try:
+        summary = run(base, archs, init_a=args.init_a, limit=args.limit)
+    except UsageError as e:  # found once the cluster is known, before any work
+        parser.error(str(e))
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -1,7 +1,7 @@
 """Train VGG configurations as §3.1 of the paper says, one Ray Tune trial (a DDP TorchTrainer) each.
 
   python jobs/train.py --arch E --data s3://bucket/imagenet --storage s3://bucket/runs --name vgg-E
-  python jobs/train.py --arch A,B --preset smoke --data demo --cpu --workers 2
+  python jobs/train.py --arch A,B --preset smoke --data demo --device cpu --workers 2
 
 Run it again with the same --storage and --name to resume. Locally it starts Ray; submitted with
 `ray job submit` it joins the cluster.
@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from vgg_ray.checkpoints import resolve_source
-from vgg_ray.config import TrainConfig, add_arguments, from_args
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
 
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
     from vgg_ray.distributed.trainer import train  # imports Ray: after the flags are known to be good
 
-    runs = train(cfgs)
+    try:
+        runs = train(cfgs)
+    except UsageError as e:  # found once the cluster is known, before any work
+        parser.error(str(e))
     for arch, run_dir in runs.items():
         print(f"{arch}: metrics {run_dir}/metrics.csv, curves {run_dir}/curves.png, best weights "
               f"{run_dir}/best.pt, TensorBoard {run_dir}/tensorboard")

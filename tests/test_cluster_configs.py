@@ -270,7 +270,7 @@ def test_rayjob_entrypoint_is_a_valid_training_command(rayjob):
     args = parser.parse_args(words[2:])
     cfg = config.from_args(args, arch=args.arch)
     assert cfg.storage.startswith(("s3://", "gs://")) and cfg.data.startswith(("s3://", "gs://"))
-    assert not cfg.cpu
+    assert cfg.device == "auto"
     gpus_per_node = 8
     max_nodes = max(g["maxReplicas"] for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"])
     assert cfg.workers <= gpus_per_node * max_nodes, "more DDP workers than the GPU group can hold"

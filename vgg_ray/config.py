@@ -28,6 +28,26 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+class UsageError(ValueError):
+    """A configuration that cannot work, found once the job sees the cluster (before any work): the job
+    prints it in one line and exits with status 2."""
+
+
+def check_shared(flags: dict[str, str], nodes: int, shared_fs: bool) -> None:
+    """On a cluster of more than one node every location must be one that all nodes see: a URI, or a
+    path on a shared file system (--shared-fs). Raises UsageError naming the flag and the fix."""
+    if nodes <= 1 or shared_fs:
+        return
+    for flag, value in flags.items():
+        if value == "demo":
+            raise UsageError(f"{flag} demo is built on one node's disk, and this cluster has {nodes} nodes: "
+                             f"convert it to a URI (jobs/prepare_imagenet.py --out s3://...) and pass that")
+        if "://" not in value:
+            raise UsageError(f"{flag} {value} is a local path, and this cluster has {nodes} nodes that cannot "
+                             f"all see it: give a URI (s3://..., gs://...), or --shared-fs if every node "
+                             f"mounts it")
+
+
 class _Config:
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +62,11 @@ class _Config:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"--device {device!r}: expected auto, gpu or cpu")
 
 
 def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
@@ -75,9 +100,12 @@ class TrainConfig(_Config):
     init_std: float = _f(0.1, "std of the gaussian init (paper: variance 1e-2 -> 0.1)")
     colour_shift_std: float = _f(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)")
     workers: int = _f(1, "Ray Train workers (one per GPU)")
-    cpu: bool = _f(False, "train on CPU even when the cluster has GPUs")
+    device: str = _f("auto", "auto: GPUs when the cluster has GPU nodes or its autoscaler can add them (or this "
+                             "machine has CUDA), else CPUs; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
     storage: str = _f("runs", "where runs are written: a path or a URI such as s3://bucket/runs")
     name: str = _f("", "run name under --storage (default: <preset>-S<train scale>); resume by reusing it")
+    shared_fs: bool = _f(False, "--storage and --data are local paths that every node of the cluster mounts "
+                                "(NFS, a FUSE bucket); without it a multi-node cluster needs URIs")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
     max_failures: int = _f(3, "worker-group restarts from the last checkpoint before the run fails")
 
@@ -87,6 +115,7 @@ class TrainConfig(_Config):
             raise ValueError(f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
+        _check_device(self.device)
         if self.crop_size < 32 or self.crop_size % 32:
             raise ValueError(f"--crop-size {self.crop_size}: must be a positive multiple of 32")
         if self.init not in ("glorot", "gaussian") and not self.init.startswith("from:"):
@@ -210,13 +239,17 @@ class EvalConfig(_Config):
     workers: int = _f(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs")
     cpus_per_worker: int = _f(0, "CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto")
     max_batch: int = _f(250, "crops (or crop-equivalents of pixels, for dense) per forward pass")
-    cpu: bool = _f(False, "evaluate on CPUs even when the cluster has GPUs")
+    device: str = _f("auto", "auto: GPU actors when the cluster has GPU nodes or can add them, else CPU "
+                             "actors; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
     max_retries: int = _f(3, "restarts of a dead actor, and retries of its piece")
+    shared_fs: bool = _f(False, "--data and --out are local paths that every node of the cluster mounts; "
+                                "without it a multi-node cluster needs URIs")
 
     def __post_init__(self) -> None:
         self.models = parse_models(self.models)
         self.methods = parse_methods(self.methods)
         self.scales = parse_test_scales(self.scales)
+        _check_device(self.device)
         _check_ranges(self, {flag: (">= 0", lambda v: v >= 0)
                              for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries")})
         _check_ranges(self, {"max_batch": (">= 1", lambda v: v >= 1)})

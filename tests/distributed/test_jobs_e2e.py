@@ -92,7 +92,7 @@ def test_token_is_required(head):
 
 
 def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
-    train = ["jobs/train.py", "--arch", "A", "--preset", "smoke", "--data", demo_shards, "--cpu",
+    train = ["jobs/train.py", "--arch", "A", "--preset", "smoke", "--data", demo_shards, "--device", "cpu",
              "--workers", "2", "--max-epochs", "3", "--storage", str(tmp_path), "--name", "e2e"]
     first = submit(head, *train, wait=False)
     assert first.returncode == 0, first.stderr
@@ -131,7 +131,7 @@ def test_reproduce_chain_smoke(ray_local, demo_shards, tmp_path):
     spec = importlib.util.spec_from_file_location("reproduce_job", ROOT / "jobs" / "reproduce.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--cpu", "--workers", "1",
+    argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "1",
             "--max-epochs", "1", "--storage", str(tmp_path), "--name", "chain", "--limit", "20"]
     summary = mod.main(argv)
     assert [s["skipped"] for s in summary] == [False] * 7

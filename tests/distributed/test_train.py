@@ -27,7 +27,7 @@ def train_main(argv):
 
 
 def smoke(demo_shards, storage, name, *extra):
-    return ["--preset", "smoke", "--data", demo_shards, "--cpu", "--workers", "2", "--storage", str(storage),
+    return ["--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "2", "--storage", str(storage),
             "--name", name, *extra]
 
 

@@ -24,7 +24,8 @@ import ray
 import torch
 
 from vgg_ray.checkpoints import load_model
-from vgg_ray.config import EvalConfig
+from vgg_ray.config import EvalConfig, check_shared
+from vgg_ray.distributed.session import gpu_capacity, node_count, use_gpus
 from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
 from vgg_ray.imagenet import shards
 from vgg_ray.models import ARCHS
@@ -96,7 +97,7 @@ def plan_pieces(n_images: int, scales_by_model: dict[str, dict[int, int]], metho
 
 def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type) -> list:
     res = ray.cluster_resources()
-    gpus = 0 if cfg.cpu else int(res.get("GPU", 0))
+    gpus = gpu_capacity() if use_gpus(cfg.device) else 0  # actors on GPU nodes not up yet wait for them
     cpus = max(1, int(res.get("CPU", 1)))
     if gpus:
         per = cfg.cpus_per_worker or max(1, min(8, cpus // gpus))
@@ -152,6 +153,7 @@ def _describe(p: dict) -> str:
 
 def evaluate(cfg: EvalConfig, root: str) -> dict:
     """Run the whole protocol on the shards at `root`; returns the output paths and the result rows."""
+    check_shared({"--data": cfg.data, "--out": cfg.out}, node_count(), cfg.shared_fs)
     manifest = shards.load_manifest(root)
     n = shards.split_rows(root, cfg.split)
     if cfg.limit:

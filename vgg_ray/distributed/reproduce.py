@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vgg_ray.config import EvalConfig, TrainConfig
+from vgg_ray.config import EvalConfig, TrainConfig, check_shared
 from vgg_ray.distributed.evaluate import evaluate
-from vgg_ray.distributed.session import connect
+from vgg_ray.distributed.session import connect, node_count
 from vgg_ray.distributed.trainer import is_done, train
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import absolute, exists, join
@@ -72,6 +72,7 @@ def run(base: TrainConfig, archs: list[str], exp_name: str | None = None, init_a
         limit: int = 0, log=print) -> list[dict]:
     """Run (or resume) the chain; returns one summary dict per stage."""
     connect()
+    check_shared({"--storage": base.storage, "--data": base.data}, node_count(), base.shared_fs)
     exp = join(absolute(base.storage), exp_name or base.name)
     root = resolve_data(base.data)
     summary = []
@@ -96,6 +97,6 @@ def run(base: TrainConfig, archs: list[str], exp_name: str | None = None, init_a
                 continue
             log(f"[{i}] {stage.name}")
             evaluate(EvalConfig(models=stage.sources, data=root, out=out, methods=stage.methods, limit=limit,
-                                cpu=base.cpu), root)
+                                device=base.device, shared_fs=base.shared_fs), root)
             summary.append({"stage": stage.name, "skipped": False, "results": out})
     return summary

@@ -29,3 +29,26 @@ def connect(num_cpus: int = LOCAL_CPUS) -> None:
         ray.init(address=address)
         return
     ray.init(address="local", num_cpus=max(num_cpus, os.cpu_count() or 1))
+
+
+def node_count() -> int:
+    """Nodes a job's work may land on: those alive now, or more under an autoscaler (its node types)."""
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    config = ray._private.state.state.get_cluster_config()
+    return max(alive, 2) if config is not None and config.node_group_configs else alive
+
+
+def gpu_capacity() -> int:
+    """GPUs the cluster has or can have: those up now, or, under an autoscaler, the most its node types
+    can add (what Ray Train checks a request against). 0 on a cluster without GPUs."""
+    up = int(ray.cluster_resources().get("GPU", 0))
+    limits = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    return max(up, int(min(limits.get("GPU", 0), 2**31)))
+
+
+def use_gpus(device: str) -> bool:
+    """--device auto|gpu|cpu: whether to ask for GPUs. `auto` goes by what the cluster can have, not by
+    what is up: autoscaled GPU nodes appear only once a job asks for them."""
+    if device != "auto":
+        return device == "gpu"
+    return gpu_capacity() > 0

@@ -18,10 +18,10 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from vgg_ray.config import TrainConfig
+from vgg_ray.config import TrainConfig, check_shared
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import PlateauCallback, start_board
-from vgg_ray.distributed.session import connect
+from vgg_ray.distributed.session import connect, gpu_capacity, node_count, use_gpus
 from vgg_ray.distributed.train_loop import train_loop_per_worker
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import absolute, exists, join, publish_dir
@@ -58,13 +58,15 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
             for c in cfgs):
         raise ValueError("one training run takes each arch once, with one --storage, --name, --data, --workers")
     connect()
+    check_shared({"--storage": first.storage, "--data": first.data}, node_count(), first.shared_fs)
     root = resolve_data(first.data)
     exp_dir = join(absolute(first.storage), first.name)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = bool(gpus) and not first.cpu
-    if use_gpu and gpus < first.workers:
-        raise ValueError(f"--workers {first.workers}: the cluster has {gpus:g} GPUs (--cpu trains on CPU)")
-    slots = gpus if use_gpu else ray.cluster_resources().get("CPU", 1) // 2  # half the CPUs for Ray Data
+    use_gpu = use_gpus(first.device)
+    # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
+    slots = max(gpu_capacity(), first.workers) if use_gpu else ray.cluster_resources().get("CPU", 1) // 2
+    print(f"training {', '.join(c.arch for c in cfgs)} on {first.workers} {'GPU' if use_gpu else 'CPU'} "
+          f"worker(s) each" + ("" if not use_gpu or ray.cluster_resources().get("GPU", 0) >= first.workers
+                               else "; waiting for the autoscaler to add GPU nodes"), flush=True)
     archs = [c.arch for c in cfgs]
     board_name, board = start_board()  # this call's own: it ends with it
     space = {
