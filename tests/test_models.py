@@ -7,10 +7,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from vgg_ray.models import (
     ARCHS,
+    GAUSSIAN_STD,
     TRANSFER_FROM_A,
     build_vgg,
     count_params,
@@ -25,6 +27,8 @@ PAPER_PARAMS = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 1
                 "D": 138_357_544, "E": 143_667_240}
 PAPER_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
 PAPER_GMACS = {"A": 7.6, "B": 11.3, "D": 15.5, "E": 19.6}
+# ImageNet's mean RGB in 0-255 units: §2.1's only preprocessing.
+MEAN_RGB = torch.tensor([123.68, 116.78, 103.94]).view(1, 3, 1, 1)
 TINY = {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "num_classes": 10}
 
 
@@ -102,6 +106,47 @@ def test_init_schemes():
     assert x.abs().max() <= bound and x.abs().max() > 0.9 * bound
     with pytest.raises(ValueError, match="init='he'"):
         build_vgg("A", init="he", **TINY)
+
+
+def _pixels(n: int, side: int, seed: int) -> torch.Tensor:
+    """Random 0-255 images minus the mean RGB: what the net sees in training (§2.1)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, side, side), generator=g).float() - MEAN_RGB
+
+
+def test_default_gaussian_init_gives_a_full_size_a_small_logits():
+    # The paper's 'variance 1e-2' (std 0.1) gives logits of std ~2e8 here (measured); std 0.01 trains.
+    assert GAUSSIAN_STD == 0.01
+    torch.manual_seed(0)
+    model = build_vgg("A", init="gaussian").eval()
+    with torch.no_grad():
+        logits = model(_pixels(1, 224, seed=0))
+    assert torch.isfinite(logits).all() and logits.std() < 10
+
+
+@pytest.mark.parametrize("std, trains", [(GAUSSIAN_STD, True), (0.1, False)])
+def test_one_sgd_step_at_the_papers_rate_lowers_the_loss(std, trains):
+    # Full width and depth (every layer's fan-in as in A) on 32-pixel crops; §3.1's SGD settings.
+    torch.manual_seed(0)
+    model = build_vgg("A", init="gaussian", init_std=std, crop_size=32, num_classes=10)
+    x, y = _pixels(8, 32, seed=1), torch.tensor([0, 0, 0, 1, 1, 2, 3, 4])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+
+    def loss() -> float:
+        model.eval()  # no dropout: the same function before and after the step
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+
+    before = loss()
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    after = loss()
+    if trains:
+        assert before == pytest.approx(2.3026, abs=0.01)  # ln 10: the logits start near zero
+        assert after < before
+    else:  # std 0.1: the loss starts in the millions and one step ruins the net
+        assert before > 1e4 and not after < before
 
 
 @pytest.mark.parametrize("arch", ["B", "C", "D", "E"])

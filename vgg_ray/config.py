@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from vgg_ray.evaluation import NETWORK_METHODS
-from vgg_ray.models import ARCHS
+from vgg_ray.models import ARCHS, GAUSSIAN_STD
 from vgg_ray.scales import parse_scale, parse_test_scales, scale_to_px, single_test_scale
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
@@ -71,8 +71,12 @@ class TrainConfig(_Config):
     plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
     max_lr_decreases: int = _f(3, "§3.1: the rate was divided 3 times; the next plateau ends training")
     max_epochs: int = _f(74, "hard stop, epochs (§3.1: 74)")
-    init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer)")
-    init_std: float = _f(0.1, "std of the gaussian init (paper: variance 1e-2 -> 0.1)")
+    init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer; the layers not "
+                             "copied are drawn with the source's scheme and std)")
+    # §3.1's "variance 1e-2" would be std 0.1: on 0-255 pixels minus the mean that gives a fresh A logits
+    # of std ~1e7-1e8, which no run survives; Caffe's Gaussian filler and most re-implementations use 0.01.
+    init_std: float = _f(GAUSSIAN_STD, "std of the gaussian init; 0.01 as in Caffe, not the 0.1 that §3.1's "
+                                       "'variance 1e-2' reads as (logits of std ~1e8 on 0-255 input)")
     colour_shift_std: float = _f(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)")
     workers: int = _f(1, "Ray Train workers (one per GPU)")
     cpu: bool = _f(False, "train on CPU even when the cluster has GPUs")
@@ -132,6 +136,8 @@ class TrainConfig(_Config):
     def model_kwargs(self) -> dict:
         """build_vgg's keyword arguments (all but arch and num_classes): the one place a config says
         what net it trains."""
+        # A from: run's layers are copied or re-drawn with the source's scheme (checkpoints.init_from_source);
+        # glorot here only fills them until then.
         return {"width": self.width, "fc_width": self.fc_width, "crop_size": self.crop_size,
                 "dropout": self.dropout, "init": "glorot" if self.init.startswith("from:") else self.init,
                 "init_std": self.init_std}

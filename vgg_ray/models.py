@@ -5,7 +5,7 @@ Pure PyTorch: this module never imports Ray. `python -m vgg_ray.models` prints T
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +32,13 @@ TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 # §3.1: a deeper net starts from A's first four conv layers and its three FC layers. A's first four convs
 # are conv1_1, conv2_1, conv3_1 and conv3_2; the deeper nets have layers of the same name and shape.
 TRANSFER_FROM_A = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+
+INIT_SCHEMES = ("glorot", "gaussian")
+# §3.1 reads "normal distribution with zero mean and 1e-2 variance", i.e. std 0.1. That cannot be what
+# trained: on 0-255 pixels minus the mean, std 0.1 grows activations ~sqrt(fan_in/2)*0.1 (1.7 to 11) per
+# layer, and a fresh A's logits come out with std ~1e7-1e8 (tests/test_models.py measures it). Caffe's
+# Gaussian filler and most re-implementations of VGG use std 0.01, which keeps them small and trains.
+GAUSSIAN_STD = 0.01
 
 POOL_STRIDE = 32  # five 2x2/2 max-pools: a crop of c pixels leaves a c/32 x c/32 map for fc6.
 
@@ -109,7 +116,7 @@ class VGG(nn.Module):
 
 def build_vgg(arch: str, *, num_classes: int = 1000, width: float = 1.0, fc_width: int = 4096,
               crop_size: int = 224, dropout: float = 0.5, init: str = "glorot",
-              init_std: float = 0.1) -> VGG:
+              init_std: float = GAUSSIAN_STD) -> VGG:
     """Build configuration `arch` of Table 1; works under `torch.device("meta")` for free counting."""
     model = VGG(arch, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
                 dropout=dropout)
@@ -117,20 +124,26 @@ def build_vgg(arch: str, *, num_classes: int = 1000, width: float = 1.0, fc_widt
     return model
 
 
-def init_weights(model: nn.Module, scheme: str = "glorot", *, std: float = 0.1) -> None:
+def init_weights(model: nn.Module, scheme: str = "glorot", *, std: float = GAUSSIAN_STD) -> None:
     """`glorot`: Glorot & Bengio (2010), which the authors found works without pre-training (§3.1).
-    `gaussian`: the paper's N(0, 1e-2), i.e. std 0.1; many re-implementations use std 0.01. Biases zero."""
-    if scheme not in ("glorot", "gaussian"):
-        raise ValueError(f"init={scheme!r}: expected 'glorot' or 'gaussian'")
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.weight.is_meta:
-                continue
-            if scheme == "glorot":
-                nn.init.xavier_uniform_(m.weight)
-            else:
-                nn.init.normal_(m.weight, 0.0, std)
-            nn.init.zeros_(m.bias)
+    `gaussian`: §3.1's zero-mean normal weights with standard deviation `std` (see GAUSSIAN_STD). Biases zero."""
+    reinit_layers(model, [m for m in model.modules() if isinstance(m, nn.Conv2d)], scheme, std=std)
+
+
+def reinit_layers(model: nn.Module, layers: Sequence[str | nn.Conv2d], scheme: str, *,
+                  std: float = GAUSSIAN_STD) -> None:
+    """Draw fresh weights (and zero biases) for `layers`: paper names of a VGG (conv3_3, fc6) or modules."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init={scheme!r}: expected one of {', '.join(INIT_SCHEMES)}")
+    for layer in layers:
+        m = model.layer(layer) if isinstance(layer, str) else layer
+        if m.weight.is_meta:
+            continue
+        if scheme == "glorot":
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            nn.init.normal_(m.weight, 0.0, std)
+        nn.init.zeros_(m.bias)
 
 
 def count_params(model: nn.Module) -> int:
@@ -173,8 +186,9 @@ def transfer_init(model: VGG, source: VGG | Mapping[str, torch.Tensor], source_a
     """§3.1's initialisation of `model` from a trained net; returns the paper names of the copied layers.
 
     From A (or A-LRN) into a deeper configuration: A's first four conv layers and its three FC layers; the
-    rest keeps its fresh initialisation. Between equal configurations (S=384 from S=256, jittered S from
-    384): every layer.
+    rest keeps whatever `model` holds, so draw it with A's scheme (§3.1: "the rest were random", as A was)
+    with `reinit_layers`, or use `vgg_ray.checkpoints.init_from_source`, which does both from a checkpoint.
+    Between equal configurations (S=384 from S=256, jittered S from 384): every layer.
     """
     if isinstance(source, VGG):
         source_arch, state = source.arch, source.state_dict()
