@@ -14,6 +14,7 @@ from vgg_ray.models import (
     ARCHS,
     GAUSSIAN_STD,
     TRANSFER_FROM_A,
+    AlexNetLRN,
     build_vgg,
     count_params,
     forward_macs,
@@ -46,16 +47,32 @@ def test_table_1_details():
     with torch.device("meta"):
         lrn = build_vgg("A-LRN")
         c = build_vgg("C")
-    norms = [m for m in lrn.features if isinstance(m, torch.nn.LocalResponseNorm)]
+    norms = [m for m in lrn.features if isinstance(m, AlexNetLRN)]
     assert len(norms) == 1 and lrn.features[2] is norms[0]  # right after conv1_1 and its ReLU
     assert (norms[0].size, norms[0].alpha, norms[0].beta, norms[0].k) == (5, 1e-4, 0.75, 2.0)
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in lrn.modules())
     one_by_one = [name for name in c.layer_index if name.startswith("conv")
                   and c.layer(name).kernel_size == (1, 1)]
     # each after its block's two 3x3 convs, in blocks 3, 4 and 5
     assert one_by_one == ["conv3_3", "conv4_3", "conv5_3"]
     assert [c.layer(n).out_channels for n in one_by_one] == [256, 512, 512]
-    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for a in "BCDE"
+    assert not any(isinstance(m, AlexNetLRN) for a in "BCDE"
                    for m in build_vgg(a, **TINY).modules())
+
+
+def test_lrn_is_alexnets_formula_without_dividing_alpha_by_the_window():
+    # One pixel, channels a = 10, 20, 30, 40, 50. Windows of 5 centred on each channel, clipped at the ends:
+    # sums of squares 100+400+900 = 1400, 3000, 5500, 400+900+1600+2500 = 5400, 900+1600+2500 = 5000.
+    # b_0 = 10 / (2 + 1e-4 * 1400)^0.75 = 10 / 2.14^0.75 = 10 / 1.76933 = 5.6518.
+    a = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0]).view(1, 5, 1, 1)
+    sums = torch.tensor([1400.0, 3000.0, 5500.0, 5400.0, 5000.0])
+    expected = a.flatten() / (2 + 1e-4 * sums) ** 0.75
+    out = AlexNetLRN(size=5, alpha=1e-4, beta=0.75, k=2.0)(a.expand(2, 5, 3, 4))
+    assert out[0, 0, 0, 0].item() == pytest.approx(5.6518, abs=1e-4)
+    torch.testing.assert_close(out[1, :, 2, 3], expected)
+    # torch's LRN divides alpha by the window: 2 + 1e-4 / 5 * 1400 -> 10 / 2.028^0.75 = 5.884, not 5.652.
+    torch_lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a)
+    assert torch_lrn[0, 0, 0, 0].item() == pytest.approx(5.884, abs=1e-3)
 
 
 @pytest.mark.parametrize("q, side", [(224, 1), (256, 2), (384, 6), (512, 10)])

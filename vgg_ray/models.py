@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Table 1, column by column. "3-64" is conv3-64 (3x3, 64 channels), "1-256" a 1x1 conv (config C),
@@ -53,6 +54,28 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+class AlexNetLRN(nn.Module):
+    """Local response normalisation as AlexNet defines it (Krizhevsky et al. 2012, §3.3), for A-LRN:
+    b_i = a_i / (k + alpha * sum_j a_j^2)^beta, j over the `size` channels centred on i (clipped at the
+    ends). torch's nn.LocalResponseNorm (and Caffe's layer) divide alpha by `size`; AlexNet's formula, whose
+    parameters §2.1 names, does not, so with those parameters they normalise 5x less."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LRN size={size}: must be odd, a window centred on each channel")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.size // 2
+        sq = F.pad(x.pow(2).unsqueeze(1), (0, 0, 0, 0, half, half))  # [N, 1, C + size - 1, H, W]
+        window_sum = F.avg_pool3d(sq, (self.size, 1, 1), stride=1).squeeze(1) * self.size
+        return x / (self.k + self.alpha * window_sum).pow(self.beta)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 class VGG(nn.Module):
     """A VGG net whose classifier is already convolutional (§3.2's dense form).
 
@@ -78,7 +101,7 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 block, i = block + 1, 0
             elif item == "LRN":
-                layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))  # AlexNet's values
+                layers.append(AlexNetLRN(size=5, alpha=1e-4, beta=0.75, k=2.0))  # §2.1: AlexNet's values
             else:
                 k, out = (int(v) for v in item.split("-"))
                 out = _scaled(out, width)
