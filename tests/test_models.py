@@ -83,6 +83,24 @@ def test_score_map_size_at_test_scales(q, side):
     assert tuple(out.shape) == (1, 1000, side, side)
 
 
+def test_pools_round_up_so_dense_evaluation_sees_the_whole_image():
+    # 341 -> 171 -> 86 -> 43 -> 22 -> 11 with ceil (floor: 170, 85, 42, 21, 10, dropping the last column);
+    # fc6's 7x7 then leaves 8 - 6 = 2 by 11 - 6 = 5.
+    with torch.device("meta"):
+        model = build_vgg("A")
+        x = torch.empty(1, 3, 256, 341)
+        assert tuple(model.features(x).shape) == (1, 512, 8, 11)
+        assert tuple(model.score_map(x).shape) == (1, 1000, 2, 5)
+    # conv1_1 at full size, conv2_1 on 128 x 171, ..., fc6 on 2 x 5 positions
+    fc6 = 2 * 5 * 4096 * 512 * 49
+    assert forward_macs(model, (256, 341)) == sum(
+        h * w * cout * cin * 9 for h, w, cin, cout in [(256, 341, 3, 64), (128, 171, 64, 128),
+                                                       (64, 86, 128, 256), (64, 86, 256, 256),
+                                                       (32, 43, 256, 512), (32, 43, 512, 512),
+                                                       (16, 22, 512, 512), (16, 22, 512, 512)]
+    ) + fc6 + 2 * 5 * (4096 * 4096 + 4096 * 1000)
+
+
 def test_tiny_score_map_follows_the_crop_geometry():
     model = build_vgg("D", **TINY).eval()
     assert model.score_map(torch.randn(2, 3, 32, 64)).shape == (2, 10, 1, 2)

@@ -98,7 +98,9 @@ class VGG(nn.Module):
         in_ch, block, i = 3, 1, 0
         for item in ARCHS[arch]:
             if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                # Rounding up, as Caffe's pooling did: at a Q that is not a multiple of 32 the last row
+                # and column still count (256x341 -> an 8x11 map, not 8x10). Crops are unaffected.
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
                 block, i = block + 1, 0
             elif item == "LRN":
                 layers.append(AlexNetLRN(size=5, alpha=1e-4, beta=0.75, k=2.0))  # §2.1: AlexNet's values
@@ -173,18 +175,19 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward_macs(model: VGG, size: int = 224) -> int:
-    """Multiply-accumulates of one forward pass on a size x size image (convs only; ReLU/pool are free)."""
-    macs, hw = 0, size
+def forward_macs(model: VGG, size: int | tuple[int, int] = 224) -> int:
+    """Multiply-accumulates of one forward pass on a size x size (or h x w) image (convs only; ReLU/pool
+    are free). Pools round up, as the model's do."""
+    macs, (h, w) = 0, (size, size) if isinstance(size, int) else size
     for m in model.features:
         if isinstance(m, nn.Conv2d):
-            macs += hw * hw * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            macs += h * w * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
         elif isinstance(m, nn.MaxPool2d):
-            hw //= 2
+            h, w = -(-h // 2), -(-w // 2)
     for m in model.classifier:
         if isinstance(m, nn.Conv2d):
-            hw = hw - m.kernel_size[0] + 1
-            macs += hw * hw * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            h, w = h - m.kernel_size[0] + 1, w - m.kernel_size[1] + 1
+            macs += h * w * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     return macs
 
 
