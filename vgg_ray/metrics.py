@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images",
-           "started_at_epoch"]
+           "started_at_epoch", "decision"]
+TEXT_COLUMNS = ("decision",)  # the plateau rule's verdict on the epoch (PlateauSchedule.decision["why"])
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -32,7 +33,8 @@ def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""}
+        return [{k: (v if k in TEXT_COLUMNS else int(v) if k == "epoch" else float(v)) for k, v in r.items()
+                 if v != ""}
                 for r in csv.DictReader(f)]
 
 
@@ -69,5 +71,5 @@ def log_tensorboard(logdir: str | os.PathLike, row: dict) -> None:
 
     with SummaryWriter(str(logdir)) as w:
         for k in COLUMNS[1:]:
-            if k in row:
+            if k in row and k not in TEXT_COLUMNS:
                 w.add_scalar(k, row[k], row["epoch"])
