@@ -93,8 +93,9 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
     blob = _load(path)
     if "model" in blob and "arch" in blob:
         cfg = TrainConfig.from_dict({**(blob.get("config") or {}), "arch": blob["arch"]})
-        model = build_model(cfg, blob["num_classes"])
-        model.load_state_dict(blob["model"])
+        with torch.device("meta"):  # no random init of weights about to be replaced (seconds at full size)
+            model = build_model(cfg, blob["num_classes"])
+        model.load_state_dict(blob["model"], assign=True)
         info = {k: v for k, v in blob.items() if k != "model"}
     else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files
         found = torchvision_arch(blob)
