@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgg_ray.metrics import plot_curves, read_metrics_csv, write_metrics_csv
+from vgg_ray.metrics import lr_decrease_epochs, plot_curves, read_metrics_csv, write_metrics_csv
 
 
 def test_metrics_csv_and_curves(tmp_path):
@@ -18,3 +18,17 @@ def test_metrics_csv_and_curves(tmp_path):
     assert "top1_acc" not in back[0]
     plot_curves(tmp_path / "curves.png", rows)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_mark_the_epochs_where_the_rate_was_divided(tmp_path):
+    # §3.1's shape: 1e-2 for epochs 0-3, 1e-3 from 4, 1e-4 from 7; a resumed run repeats a rate (no mark).
+    lrs = [1e-2] * 4 + [1e-3] * 3 + [1e-4] * 2
+    rows = [{"epoch": e, "lr": lr, "top1_err": 60.0 - e, "top5_err": 30.0 - e, "decision": "improved"}
+            for e, lr in enumerate(lrs)]
+    assert lr_decrease_epochs(rows) == [4, 7]
+    assert lr_decrease_epochs(rows[:4]) == [] and lr_decrease_epochs([]) == []
+    assert plot_curves(tmp_path / "curves.png", rows, title="A") == [4, 7]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows[4]["decision"] = "no improvement for 2 epochs: rate divided by 10"
+    write_metrics_csv(tmp_path / "metrics.csv", rows)
+    assert read_metrics_csv(tmp_path / "metrics.csv")[4]["decision"] == rows[4]["decision"]  # stays text

@@ -7,11 +7,14 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from vgg_ray.models import (
     ARCHS,
+    GAUSSIAN_STD,
     TRANSFER_FROM_A,
+    AlexNetLRN,
     build_vgg,
     count_params,
     forward_macs,
@@ -25,6 +28,8 @@ PAPER_PARAMS = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 1
                 "D": 138_357_544, "E": 143_667_240}
 PAPER_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
 PAPER_GMACS = {"A": 7.6, "B": 11.3, "D": 15.5, "E": 19.6}
+# ImageNet's mean RGB in 0-255 units: §2.1's only preprocessing.
+MEAN_RGB = torch.tensor([123.68, 116.78, 103.94]).view(1, 3, 1, 1)
 TINY = {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "num_classes": 10}
 
 
@@ -42,16 +47,32 @@ def test_table_1_details():
     with torch.device("meta"):
         lrn = build_vgg("A-LRN")
         c = build_vgg("C")
-    norms = [m for m in lrn.features if isinstance(m, torch.nn.LocalResponseNorm)]
+    norms = [m for m in lrn.features if isinstance(m, AlexNetLRN)]
     assert len(norms) == 1 and lrn.features[2] is norms[0]  # right after conv1_1 and its ReLU
     assert (norms[0].size, norms[0].alpha, norms[0].beta, norms[0].k) == (5, 1e-4, 0.75, 2.0)
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in lrn.modules())
     one_by_one = [name for name in c.layer_index if name.startswith("conv")
                   and c.layer(name).kernel_size == (1, 1)]
     # each after its block's two 3x3 convs, in blocks 3, 4 and 5
     assert one_by_one == ["conv3_3", "conv4_3", "conv5_3"]
     assert [c.layer(n).out_channels for n in one_by_one] == [256, 512, 512]
-    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for a in "BCDE"
+    assert not any(isinstance(m, AlexNetLRN) for a in "BCDE"
                    for m in build_vgg(a, **TINY).modules())
+
+
+def test_lrn_is_alexnets_formula_without_dividing_alpha_by_the_window():
+    # One pixel, channels a = 10, 20, 30, 40, 50. Windows of 5 centred on each channel, clipped at the ends:
+    # sums of squares 100+400+900 = 1400, 3000, 5500, 400+900+1600+2500 = 5400, 900+1600+2500 = 5000.
+    # b_0 = 10 / (2 + 1e-4 * 1400)^0.75 = 10 / 2.14^0.75 = 10 / 1.76933 = 5.6518.
+    a = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0]).view(1, 5, 1, 1)
+    sums = torch.tensor([1400.0, 3000.0, 5500.0, 5400.0, 5000.0])
+    expected = a.flatten() / (2 + 1e-4 * sums) ** 0.75
+    out = AlexNetLRN(size=5, alpha=1e-4, beta=0.75, k=2.0)(a.expand(2, 5, 3, 4))
+    assert out[0, 0, 0, 0].item() == pytest.approx(5.6518, abs=1e-4)
+    torch.testing.assert_close(out[1, :, 2, 3], expected)
+    # torch's LRN divides alpha by the window: 2 + 1e-4 / 5 * 1400 -> 10 / 2.028^0.75 = 5.884, not 5.652.
+    torch_lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a)
+    assert torch_lrn[0, 0, 0, 0].item() == pytest.approx(5.884, abs=1e-3)
 
 
 @pytest.mark.parametrize("q, side", [(224, 1), (256, 2), (384, 6), (512, 10)])
@@ -60,6 +81,24 @@ def test_score_map_size_at_test_scales(q, side):
         model = build_vgg("A")
         out = model.score_map(torch.empty(1, 3, q, q))
     assert tuple(out.shape) == (1, 1000, side, side)
+
+
+def test_pools_round_up_so_dense_evaluation_sees_the_whole_image():
+    # 341 -> 171 -> 86 -> 43 -> 22 -> 11 with ceil (floor: 170, 85, 42, 21, 10, dropping the last column);
+    # fc6's 7x7 then leaves 8 - 6 = 2 by 11 - 6 = 5.
+    with torch.device("meta"):
+        model = build_vgg("A")
+        x = torch.empty(1, 3, 256, 341)
+        assert tuple(model.features(x).shape) == (1, 512, 8, 11)
+        assert tuple(model.score_map(x).shape) == (1, 1000, 2, 5)
+    # conv1_1 at full size, conv2_1 on 128 x 171, ..., fc6 on 2 x 5 positions
+    fc6 = 2 * 5 * 4096 * 512 * 49
+    assert forward_macs(model, (256, 341)) == sum(
+        h * w * cout * cin * 9 for h, w, cin, cout in [(256, 341, 3, 64), (128, 171, 64, 128),
+                                                       (64, 86, 128, 256), (64, 86, 256, 256),
+                                                       (32, 43, 256, 512), (32, 43, 512, 512),
+                                                       (16, 22, 512, 512), (16, 22, 512, 512)]
+    ) + fc6 + 2 * 5 * (4096 * 4096 + 4096 * 1000)
 
 
 def test_tiny_score_map_follows_the_crop_geometry():
@@ -102,6 +141,47 @@ def test_init_schemes():
     assert x.abs().max() <= bound and x.abs().max() > 0.9 * bound
     with pytest.raises(ValueError, match="init='he'"):
         build_vgg("A", init="he", **TINY)
+
+
+def _pixels(n: int, side: int, seed: int) -> torch.Tensor:
+    """Random 0-255 images minus the mean RGB: what the net sees in training (§2.1)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, side, side), generator=g).float() - MEAN_RGB
+
+
+def test_default_gaussian_init_gives_a_full_size_a_small_logits():
+    # The paper's 'variance 1e-2' (std 0.1) gives logits of std ~2e8 here (measured); std 0.01 trains.
+    assert GAUSSIAN_STD == 0.01
+    torch.manual_seed(0)
+    model = build_vgg("A", init="gaussian").eval()
+    with torch.no_grad():
+        logits = model(_pixels(1, 224, seed=0))
+    assert torch.isfinite(logits).all() and logits.std() < 10
+
+
+@pytest.mark.parametrize("std, trains", [(GAUSSIAN_STD, True), (0.1, False)])
+def test_one_sgd_step_at_the_papers_rate_lowers_the_loss(std, trains):
+    # Full width and depth (every layer's fan-in as in A) on 32-pixel crops; §3.1's SGD settings.
+    torch.manual_seed(0)
+    model = build_vgg("A", init="gaussian", init_std=std, crop_size=32, num_classes=10)
+    x, y = _pixels(8, 32, seed=1), torch.tensor([0, 0, 0, 1, 1, 2, 3, 4])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+
+    def loss() -> float:
+        model.eval()  # no dropout: the same function before and after the step
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+
+    before = loss()
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    after = loss()
+    if trains:
+        assert before == pytest.approx(2.3026, abs=0.01)  # ln 10: the logits start near zero
+        assert after < before
+    else:  # std 0.1: the loss starts in the millions and one step ruins the net
+        assert before > 1e4 and not after < before
 
 
 @pytest.mark.parametrize("arch", ["B", "C", "D", "E"])

@@ -35,3 +35,36 @@ def test_result_rows_and_tables_against_hand_computed_errors():
         assert heading in md
     assert "| D | D | [256;512] | 256,384 | 50.0 / 0.0 |" in md
     assert "| D + E | 256,384 | multi-crop+dense |" in md
+
+
+def _row(models, method, scales, top1, top5=5.0):
+    return {"models": list(models), "method": method, "scales": list(scales),
+            "model_scales": {m: list(scales) for m in models}, "top1_err": top1, "top5_err": top5,
+            "n_images": 50_000, "n_skipped": 0}
+
+
+def test_results_sit_beside_the_papers_figure_for_the_same_net_s_q_and_method():
+    meta = {"D": {"arch": "D", "train_scale": [256, 512], "scales": [256, 384, 512], "preset": "paper"},
+            "E": {"arch": "E", "train_scale": [256, 512], "scales": [256, 384, 512], "preset": "paper"},
+            "A": {"arch": "A", "train_scale": [256, 256], "scales": [256], "preset": "paper"},
+            "tiny": {"arch": "A", "train_scale": [256, 256], "scales": [256], "preset": "smoke"}}
+    rows = [_row(["D"], DENSE, [384], 25.0), _row(["D"], DENSE, [512], 26.0),
+            _row(["D"], DENSE, [256, 384, 512], 24.0), _row(["D"], MULTI_CROP, [256, 384, 512], 24.1),
+            _row(["D"], BOTH, [256, 384, 512], 23.5), _row(["E"], DENSE, [256, 384, 512], 24.2),
+            _row(["A"], DENSE, [256], 30.0), _row(["tiny"], DENSE, [256], 70.0),
+            _row(["D", "E"], DENSE, [256, 384, 512], 23.0), _row(["D", "A"], DENSE, [256, 384, 512], 40.0)]
+    md = results_markdown(rows, meta, "paper")
+    # Table 3: D, S in [256;512], Q = 384 -> 25.6 / 8.1; Q = 512 is in no table; A at S = Q = 256 -> 29.6 / 10.4
+    assert "| D | D | [256;512] | 384 | dense | 25.0 | 5.0 | 25.6 / 8.1 |" in md
+    assert "| D | D | [256;512] | 512 | dense | 26.0 | 5.0 | - |" in md
+    assert "| A | A | 256 | 256 | dense | 30.0 | 5.0 | 29.6 / 10.4 |" in md
+    # a smoke run is never set beside the paper, though A, S = 256, Q = 256 is in Table 3
+    assert "| tiny | A | 256 | 256 | dense | 70.0 | 5.0 | - |" in md
+    assert "Not comparable with the paper (not trained with the paper preset): tiny (smoke preset)." in md
+    # Table 4 and Table 5: D over Q = {256, 384, 512}: dense 24.8 / 7.5, multi-crop 24.6 / 7.5, both 24.4 / 7.2
+    assert "| D | D | [256;512] | 256,384,512 | dense | 24.0 | 5.0 | 24.8 / 7.5 |" in md
+    assert ("| D | D | [256;512] | 256,384,512 | 24.0 / 5.0 | 24.1 / 5.0 | 23.5 / 5.0 | "
+            "24.8 / 7.5 | 24.6 / 7.5 | 24.4 / 7.2 |") in md
+    # Table 6: D + E post-submission, dense 24.0 / 7.1; D + A is in no table
+    assert "| D + E | 256,384,512 | dense | 23.0 | 5.0 | 24.0 / 7.1 |" in md
+    assert "| D + A | 256,384,512 | dense | 40.0 | 5.0 | - |" in md

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,7 +20,16 @@ import torch
 from vgg_ray import storage
 from vgg_ray.config import TrainConfig
 from vgg_ray.engine import build_model
-from vgg_ray.models import VGG, build_vgg, load_torchvision_state_dict, torchvision_arch
+from vgg_ray.models import (
+    GAUSSIAN_STD,
+    INIT_SCHEMES,
+    VGG,
+    build_vgg,
+    load_torchvision_state_dict,
+    reinit_layers,
+    torchvision_arch,
+    transfer_init,
+)
 
 # torchvision's ImageNet weights expect (x/255 - mean) / std; in 0-255 units:
 TORCHVISION_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -53,9 +63,11 @@ def model_record(model: VGG, config: dict, mean_rgb, std_rgb=None, **extra) -> d
             "model": state, **extra}
 
 
-def _load(path: str) -> dict:
+def _load(path: str, mmap: bool = False) -> dict:
     try:
-        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+        if storage.is_uri(path):
+            return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle errors, truncated files: say which file
         raise ValueError(f"{path}: not a readable weights file ({e})") from e
 
@@ -85,8 +97,9 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
     blob = _load(path)
     if "model" in blob and "arch" in blob:
         cfg = TrainConfig.from_dict({**(blob.get("config") or {}), "arch": blob["arch"]})
-        model = build_model(cfg, blob["num_classes"])
-        model.load_state_dict(blob["model"])
+        with torch.device("meta"):  # no random init of weights about to be replaced (seconds at full size)
+            model = build_model(cfg, blob["num_classes"])
+        model.load_state_dict(blob["model"], assign=True)
         info = {k: v for k, v in blob.items() if k != "model"}
     else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files
         found = torchvision_arch(blob)
@@ -98,3 +111,40 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
                 "mean_rgb": TORCHVISION_MEAN, "std_rgb": TORCHVISION_STD, "source": "torchvision"}
     info["path"] = path
     return model.to(map_location), info
+
+
+def source_init_scheme(info: Mapping, max_hops: int = 8) -> tuple[str, float]:
+    """(scheme, std) with which a trained net's random layers were drawn, from `info` (load_model's): its
+    config's `init`, or for a `from:` run, that of the net it came from (followed through the files)."""
+    cfg = info.get("config") or {}
+    if info.get("source") == "torchvision":
+        # torchvision draws convs with Kaiming's rule, not one of §3.1's: use the authors' own advice.
+        return "glorot", GAUSSIAN_STD
+    init = cfg.get("init", "glorot")
+    if init in INIT_SCHEMES:
+        return init, float(cfg.get("init_std", GAUSSIAN_STD))
+    spec = init[len("from:"):] if init.startswith("from:") else None
+    if spec is None or max_hops <= 0:
+        raise ValueError(f"{info.get('path', 'checkpoint')}: config init={init!r} names no scheme "
+                         f"({', '.join(INIT_SCHEMES)}) and no from: source to follow")
+    try:
+        path = resolve_source(spec, cfg.get("arch") or info.get("arch"))
+    except FileNotFoundError as e:
+        raise ValueError(f"{info.get('path', 'checkpoint')} was initialised from {spec}, which is needed to "
+                         f"tell how its random layers were drawn (§3.1) and cannot be read here: {e}") from e
+    blob = _load(path, mmap=True)
+    return source_init_scheme({**{k: v for k, v in blob.items() if k != "model"}, "path": str(path)},
+                              max_hops - 1)
+
+
+def init_from_source(model: VGG, spec: str | os.PathLike) -> dict:
+    """§3.1's start of a `--init from:SPEC` run: copy the source's layers into `model` (transfer_init) and
+    draw every other weight layer with the scheme and std the source's own random layers had (A's for
+    B-E from A). Returns what it did: source (path), copied, reinitialised (paper names), scheme, std."""
+    source, info = load_model(resolve_source(spec, model.arch))
+    copied = transfer_init(model, source)
+    fresh = [name for name in model.layer_index if name not in copied]
+    scheme, std = source_init_scheme(info) if fresh else (None, None)
+    if fresh:
+        reinit_layers(model, fresh, scheme, std=std)
+    return {"source": info["path"], "copied": copied, "reinitialised": fresh, "scheme": scheme, "std": std}

@@ -14,8 +14,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from vgg_ray.evaluation import NETWORK_METHODS
-from vgg_ray.models import ARCHS
+from vgg_ray.models import ARCHS, GAUSSIAN_STD
 from vgg_ray.scales import parse_scale, parse_test_scales, scale_to_px, single_test_scale
+from vgg_ray.schedule import PLATEAU_THRESHOLD
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
 
@@ -94,10 +95,18 @@ class TrainConfig(_Config):
     weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
     dropout: float = _f(0.5, "dropout ratio after fc6 and fc7, in [0, 1)")
     plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
+    plateau_threshold: float = _f(PLATEAU_THRESHOLD, "how much validation top-1 accuracy (in [0, 1]) must beat "
+                                  "the best by to count as better: one standard error of top-1 on the 50,000 "
+                                  "ILSVRC-2012 validation images, sqrt(0.7*0.3/50000) = 0.002, so noise does "
+                                  "not postpone the rate's division")
     max_lr_decreases: int = _f(3, "§3.1: the rate was divided 3 times; the next plateau ends training")
     max_epochs: int = _f(74, "hard stop, epochs (§3.1: 74)")
-    init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer)")
-    init_std: float = _f(0.1, "std of the gaussian init (paper: variance 1e-2 -> 0.1)")
+    init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer; the layers not "
+                             "copied are drawn with the source's scheme and std)")
+    # §3.1's "variance 1e-2" would be std 0.1: on 0-255 pixels minus the mean that gives a fresh A logits
+    # of std ~1e7-1e8, which no run survives; Caffe's Gaussian filler and most re-implementations use 0.01.
+    init_std: float = _f(GAUSSIAN_STD, "std of the gaussian init; 0.01 as in Caffe, not the 0.1 that §3.1's "
+                                       "'variance 1e-2' reads as (logits of std ~1e8 on 0-255 input)")
     colour_shift_std: float = _f(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)")
     workers: int = _f(1, "Ray Train workers (one per GPU)")
     device: str = _f("auto", "auto: GPUs when the cluster has GPU nodes or its autoscaler can add them (or this "
@@ -129,7 +138,7 @@ class TrainConfig(_Config):
             "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
             "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "init_std": ("> 0", lambda v: v > 0),
             "colour_shift_std": (">= 0", lambda v: v >= 0), "plateau_patience": (">= 1", lambda v: v >= 1),
-            "max_lr_decreases": (">= 0", lambda v: v >= 0), "max_failures": (">= 0", lambda v: v >= 0),
+            "max_lr_decreases": (">= 0", lambda v: v >= 0), "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1), "max_failures": (">= 0", lambda v: v >= 0),
             "micro_batch": (">= 0", lambda v: v >= 0),
         })
         if self.batch_size % self.workers:
@@ -161,6 +170,8 @@ class TrainConfig(_Config):
     def model_kwargs(self) -> dict:
         """build_vgg's keyword arguments (all but arch and num_classes): the one place a config says
         what net it trains."""
+        # A from: run's layers are copied or re-drawn with the source's scheme (checkpoints.init_from_source);
+        # glorot here only fills them until then.
         return {"width": self.width, "fc_width": self.fc_width, "crop_size": self.crop_size,
                 "dropout": self.dropout, "init": "glorot" if self.init.startswith("from:") else self.init,
                 "init_std": self.init_std}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import tempfile
 from pathlib import Path
 
 COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images",
-           "started_at_epoch"]
+           "started_at_epoch", "decision"]
+TEXT_COLUMNS = ("decision",)  # the plateau rule's verdict on the epoch (PlateauSchedule.decision["why"])
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -32,12 +34,19 @@ def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""}
+        return [{k: (v if k in TEXT_COLUMNS else int(v) if k == "epoch" else float(v)) for k, v in r.items()
+                 if v != ""}
                 for r in csv.DictReader(f)]
 
 
-def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Top-1/top-5 validation error (%) and the learning rate (log scale) against epoch."""
+def lr_decrease_epochs(rows: list[dict]) -> list[int]:
+    """The epochs trained at a lower rate than the epoch before: where §3.1's rule divided it."""
+    return [cur["epoch"] for prev, cur in itertools.pairwise(rows) if cur["lr"] < prev["lr"]]
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> list[int]:
+    """Top-1/top-5 validation error (%) and the learning rate (log scale) against epoch, with a vertical
+    line at each epoch that starts a lower rate; returns those epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +62,10 @@ def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> N
     lr_ax = ax.twinx()
     lr_ax.step(epochs, [r["lr"] for r in rows], "k--", where="post", alpha=0.6, label="learning rate")
     lr_ax.set_yscale("log")
+    drops = lr_decrease_epochs(rows)
+    for i, epoch in enumerate(drops):
+        # half an epoch before: the line separates the last epoch at the old rate from the first at the new
+        ax.axvline(epoch - 0.5, color="tab:red", alpha=0.5, lw=1, label="rate divided" if i == 0 else None)
     lr_ax.set_ylabel("learning rate")
     lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
@@ -62,6 +75,7 @@ def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> N
     fig.savefig(buf, format="png")
     plt.close(fig)
     _write_atomic(Path(path), buf.getvalue())
+    return drops
 
 
 def log_tensorboard(logdir: str | os.PathLike, row: dict) -> None:
@@ -69,5 +83,5 @@ def log_tensorboard(logdir: str | os.PathLike, row: dict) -> None:
 
     with SummaryWriter(str(logdir)) as w:
         for k in COLUMNS[1:]:
-            if k in row:
+            if k in row and k not in TEXT_COLUMNS:
                 w.add_scalar(k, row[k], row["epoch"])

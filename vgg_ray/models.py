@@ -5,9 +5,10 @@ Pure PyTorch: this module never imports Ray. `python -m vgg_ray.models` prints T
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Table 1, column by column. "3-64" is conv3-64 (3x3, 64 channels), "1-256" a 1x1 conv (config C),
@@ -33,6 +34,13 @@ TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 # are conv1_1, conv2_1, conv3_1 and conv3_2; the deeper nets have layers of the same name and shape.
 TRANSFER_FROM_A = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
+INIT_SCHEMES = ("glorot", "gaussian")
+# §3.1 reads "normal distribution with zero mean and 1e-2 variance", i.e. std 0.1. That cannot be what
+# trained: on 0-255 pixels minus the mean, std 0.1 grows activations ~sqrt(fan_in/2)*0.1 (1.7 to 11) per
+# layer, and a fresh A's logits come out with std ~1e7-1e8 (tests/test_models.py measures it). Caffe's
+# Gaussian filler and most re-implementations of VGG use std 0.01, which keeps them small and trains.
+GAUSSIAN_STD = 0.01
+
 POOL_STRIDE = 32  # five 2x2/2 max-pools: a crop of c pixels leaves a c/32 x c/32 map for fc6.
 
 
@@ -44,6 +52,28 @@ def _check_arch(arch: str) -> str:
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
+
+
+class AlexNetLRN(nn.Module):
+    """Local response normalisation as AlexNet defines it (Krizhevsky et al. 2012, §3.3), for A-LRN:
+    b_i = a_i / (k + alpha * sum_j a_j^2)^beta, j over the `size` channels centred on i (clipped at the
+    ends). torch's nn.LocalResponseNorm (and Caffe's layer) divide alpha by `size`; AlexNet's formula, whose
+    parameters §2.1 names, does not, so with those parameters they normalise 5x less."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LRN size={size}: must be odd, a window centred on each channel")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.size // 2
+        sq = F.pad(x.pow(2).unsqueeze(1), (0, 0, 0, 0, half, half))  # [N, 1, C + size - 1, H, W]
+        window_sum = F.avg_pool3d(sq, (self.size, 1, 1), stride=1).squeeze(1) * self.size
+        return x / (self.k + self.alpha * window_sum).pow(self.beta)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
 class VGG(nn.Module):
@@ -68,10 +98,12 @@ class VGG(nn.Module):
         in_ch, block, i = 3, 1, 0
         for item in ARCHS[arch]:
             if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                # Rounding up, as Caffe's pooling did: at a Q that is not a multiple of 32 the last row
+                # and column still count (256x341 -> an 8x11 map, not 8x10). Crops are unaffected.
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
                 block, i = block + 1, 0
             elif item == "LRN":
-                layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))  # AlexNet's values
+                layers.append(AlexNetLRN(size=5, alpha=1e-4, beta=0.75, k=2.0))  # §2.1: AlexNet's values
             else:
                 k, out = (int(v) for v in item.split("-"))
                 out = _scaled(out, width)
@@ -109,7 +141,7 @@ class VGG(nn.Module):
 
 def build_vgg(arch: str, *, num_classes: int = 1000, width: float = 1.0, fc_width: int = 4096,
               crop_size: int = 224, dropout: float = 0.5, init: str = "glorot",
-              init_std: float = 0.1) -> VGG:
+              init_std: float = GAUSSIAN_STD) -> VGG:
     """Build configuration `arch` of Table 1; works under `torch.device("meta")` for free counting."""
     model = VGG(arch, num_classes=num_classes, width=width, fc_width=fc_width, crop_size=crop_size,
                 dropout=dropout)
@@ -117,38 +149,45 @@ def build_vgg(arch: str, *, num_classes: int = 1000, width: float = 1.0, fc_widt
     return model
 
 
-def init_weights(model: nn.Module, scheme: str = "glorot", *, std: float = 0.1) -> None:
+def init_weights(model: nn.Module, scheme: str = "glorot", *, std: float = GAUSSIAN_STD) -> None:
     """`glorot`: Glorot & Bengio (2010), which the authors found works without pre-training (§3.1).
-    `gaussian`: the paper's N(0, 1e-2), i.e. std 0.1; many re-implementations use std 0.01. Biases zero."""
-    if scheme not in ("glorot", "gaussian"):
-        raise ValueError(f"init={scheme!r}: expected 'glorot' or 'gaussian'")
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.weight.is_meta:
-                continue
-            if scheme == "glorot":
-                nn.init.xavier_uniform_(m.weight)
-            else:
-                nn.init.normal_(m.weight, 0.0, std)
-            nn.init.zeros_(m.bias)
+    `gaussian`: §3.1's zero-mean normal weights with standard deviation `std` (see GAUSSIAN_STD). Biases zero."""
+    reinit_layers(model, [m for m in model.modules() if isinstance(m, nn.Conv2d)], scheme, std=std)
+
+
+def reinit_layers(model: nn.Module, layers: Sequence[str | nn.Conv2d], scheme: str, *,
+                  std: float = GAUSSIAN_STD) -> None:
+    """Draw fresh weights (and zero biases) for `layers`: paper names of a VGG (conv3_3, fc6) or modules."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init={scheme!r}: expected one of {', '.join(INIT_SCHEMES)}")
+    for layer in layers:
+        m = model.layer(layer) if isinstance(layer, str) else layer
+        if m.weight.is_meta:
+            continue
+        if scheme == "glorot":
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            nn.init.normal_(m.weight, 0.0, std)
+        nn.init.zeros_(m.bias)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward_macs(model: VGG, size: int = 224) -> int:
-    """Multiply-accumulates of one forward pass on a size x size image (convs only; ReLU/pool are free)."""
-    macs, hw = 0, size
+def forward_macs(model: VGG, size: int | tuple[int, int] = 224) -> int:
+    """Multiply-accumulates of one forward pass on a size x size (or h x w) image (convs only; ReLU/pool
+    are free). Pools round up, as the model's do."""
+    macs, (h, w) = 0, (size, size) if isinstance(size, int) else size
     for m in model.features:
         if isinstance(m, nn.Conv2d):
-            macs += hw * hw * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            macs += h * w * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
         elif isinstance(m, nn.MaxPool2d):
-            hw //= 2
+            h, w = -(-h // 2), -(-w // 2)
     for m in model.classifier:
         if isinstance(m, nn.Conv2d):
-            hw = hw - m.kernel_size[0] + 1
-            macs += hw * hw * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            h, w = h - m.kernel_size[0] + 1, w - m.kernel_size[1] + 1
+            macs += h * w * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     return macs
 
 
@@ -173,8 +212,9 @@ def transfer_init(model: VGG, source: VGG | Mapping[str, torch.Tensor], source_a
     """§3.1's initialisation of `model` from a trained net; returns the paper names of the copied layers.
 
     From A (or A-LRN) into a deeper configuration: A's first four conv layers and its three FC layers; the
-    rest keeps its fresh initialisation. Between equal configurations (S=384 from S=256, jittered S from
-    384): every layer.
+    rest keeps whatever `model` holds, so draw it with A's scheme (§3.1: "the rest were random", as A was)
+    with `reinit_layers`, or use `vgg_ray.checkpoints.init_from_source`, which does both from a checkpoint.
+    Between equal configurations (S=384 from S=256, jittered S from 384): every layer.
     """
     if isinstance(source, VGG):
         source_arch, state = source.arch, source.state_dict()

@@ -20,6 +20,7 @@ from vgg_ray.evaluation import (
     fusion,
     topk_errors,
 )
+from vgg_ray.paper import paper_fusion, paper_result
 from vgg_ray.scales import train_scale_of
 
 
@@ -69,8 +70,29 @@ def _q(scales) -> str:
     return ",".join(str(q) for q in scales)
 
 
+def _paper_figure(models: Sequence[str], method: str, scales: Sequence[int], model_scales: Mapping,
+                  meta: Mapping[str, Mapping]) -> str:
+    """The paper's 'top-1 / top-5' for the same configuration, S, Q and method (Tables 3-6), or '-'.
+    Only paper-preset models compare: a smoke run beside the paper's figure would mislead."""
+    if not all(meta[m].get("preset") == "paper" for m in models):
+        return "-"
+    if len(models) == 1:
+        m = meta[models[0]]
+        fig = paper_result(m.get("arch"), m.get("train_scale"), scales, method)
+    else:
+        fig = paper_fusion([(meta[m].get("arch"), meta[m].get("train_scale"), model_scales[m]) for m in models],
+                           method)
+    return "-" if fig is None else f"{fig[0]:.1f} / {fig[1]:.1f}"
+
+
+def _row_paper(r: Mapping, meta: Mapping[str, Mapping]) -> str:
+    return _paper_figure(r["models"], r["method"], r["scales"], r.get("model_scales") or {}, meta)
+
+
 def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title: str = "") -> str:
-    """Markdown tables in the paper's layout. `meta[name]` has `arch` and `train_scale` (or None)."""
+    """Markdown tables in the paper's layout, each row beside the paper's figure where one of Tables 3-6
+    has the same configuration, S, Q and method. `meta[name]` has `arch`, `train_scale` (or None),
+    `scales` and `preset`."""
     def err(r):
         return f"{r['top1_err']:.1f}", f"{r['top5_err']:.1f}"
 
@@ -83,7 +105,14 @@ def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title
     n = rows[0]["n_images"] if rows else 0
     skipped = rows[0].get("n_skipped", 0) if rows else 0
     lines += [f"{n} validation images" + (f" ({skipped} undecodable, left out)" if skipped else "")
-              + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop).", ""]
+              + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop). "
+              "'paper': the paper's figure for the same configuration, S, Q and method (Tables 3-6, on "
+              "ILSVRC-2012's 50,000 validation images), '-' where it has none.", ""]
+    not_paper = [name for name in meta if meta[name].get("preset") != "paper"]
+    if not_paper:
+        lines += ["Not comparable with the paper (not trained with the paper preset): "
+                  + ", ".join(f"{name} ({meta[name].get('preset') or 'unknown'} preset)" for name in not_paper)
+                  + ".", ""]
 
     per_q = [r for r in single if len(r["scales"]) == 1]
     multi = [r for r in full if r["method"] != BOTH and len(r["scales"]) > 1]
@@ -91,26 +120,31 @@ def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title
                             ("Multiple test scales (layout of Table 4)", multi)):
         if chosen:
             lines += [f"## {heading}", "",
-                      "| model | arch | S | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|---|---|"]
+                      "| model | arch | S | Q | method | top-1 err | top-5 err | paper top-1 / top-5 |",
+                      "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {model_cells(r['models'][0])} | {_q(r['scales'])} | {r['method']} | "
-                      f"{' | '.join(err(r))} |" for r in chosen]
+                      f"{' | '.join(err(r))} | {_row_paper(r, meta)} |" for r in chosen]
             lines.append("")
     methods = [m for m in METHODS if any(r["method"] == m for r in full)]
     if full:
+        shown = [m.replace("+", " & ") for m in methods]
         lines += ["## Evaluation methods (layout of Table 5)", "",
-                  "| model | arch | S | Q | " + " | ".join(m.replace("+", " & ") for m in methods) + " |",
-                  "|---|---|---|---|" + "---|" * len(methods)]
+                  "| model | arch | S | Q | " + " | ".join(shown) + " | "
+                  + " | ".join(f"paper {m}" for m in shown) + " |",
+                  "|---|---|---|---|" + "---|" * (2 * len(methods))]
         for name in meta:
             cells = {r["method"]: "{} / {}".format(*err(r)) for r in full if r["models"] == [name]}
-            lines.append(f"| {model_cells(name)} | {_q(meta[name]['scales'])} | "
-                         + " | ".join(cells.get(m, "-") for m in methods) + " |")
+            qs = list(meta[name]["scales"])
+            paper = [_paper_figure([name], m, qs, {name: qs}, meta) for m in methods]
+            lines.append(f"| {model_cells(name)} | {_q(qs)} | "
+                         + " | ".join(cells.get(m, "-") for m in methods) + " | " + " | ".join(paper) + " |")
         lines.append("")
     fused = [r for r in rows if len(r["models"]) > 1]
     if fused:
         lines += ["## ConvNet fusion (layout of Table 6)", "",
-                  "| models | Q | method | top-1 err | top-5 err |", "|---|---|---|---|---|"]
-        lines += [f"| {' + '.join(r['models'])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} |"
-                  for r in fused]
+                  "| models | Q | method | top-1 err | top-5 err | paper top-1 / top-5 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {' + '.join(r['models'])} | {_q(r['scales'])} | {r['method']} | {' | '.join(err(r))} | "
+                  f"{_row_paper(r, meta)} |" for r in fused]
         lines.append("")
     return "\n".join(lines)
 
