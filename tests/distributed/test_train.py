@@ -41,6 +41,7 @@ def run_a(ray_local, demo_shards, tmp_path_factory):
 def test_two_epoch_run_writes_every_output(run_a):
     rows = read_metrics_csv(run_a / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["decision"] == "improved" and rows[1]["decision"]  # the last epoch's too
     for r in rows:
         assert r["lr"] == pytest.approx(0.01) and 0 <= r["top1_err"] <= 100 and r["top5_err"] <= r["top1_err"]
         assert r["train_loss"] > 0 and r["images_per_s"] > 0 and r["epoch_s"] > 0
@@ -61,6 +62,10 @@ def test_plateau_schedule_ends_the_run_and_init_from_copies_layers(run_a, demo_s
                             "--plateau-patience", "1", "--max-epochs", "20", "--init", f"from:{run_a}"))
     rows = read_metrics_csv(Path(runs["B"]) / "metrics.csv")
     assert [r["lr"] for r in rows] == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11, 1e-12], rel=1e-6)
+    # each epoch's decision, as the Tune callback took it, in metrics.csv (the last one written at the end)
+    assert rows[0]["decision"] == "improved"
+    assert all("rate divided by 10" in r["decision"] for r in rows[1:4])
+    assert rows[4]["decision"] == "plateau after 3 decreases: stop"
     # §3.1: B took A's first four conv layers and its FC layers; the rest is B's own fresh init.
     a = torch.load(run_a / "best.pt", weights_only=True)["model"]
     b = torch.load(Path(runs["B"]) / "best.pt", weights_only=True)["model"]

@@ -23,13 +23,12 @@ import torch.distributed as dist
 
 from vgg_ray import metrics as vmetrics
 from vgg_ray import perf
-from vgg_ray.checkpoints import load_model, model_record, resolve_source, save_atomic
+from vgg_ray.checkpoints import init_from_source, model_record, save_atomic
 from vgg_ray.config import TrainConfig
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import board
 from vgg_ray.engine import TrainStep, build_model, validation_counts
 from vgg_ray.imagenet.shards import load_manifest
-from vgg_ray.models import transfer_init
 from vgg_ray.schedule import PlateauSchedule
 from vgg_ray.storage import publish_dir
 
@@ -59,6 +58,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(w.start_epoch, w.cfg.max_epochs):
         sched = PlateauSchedule.from_state(ray.get(w.board.after_epoch.remote(w.key, epoch - 1),
                                                    timeout=SCHEDULE_TIMEOUT_S))
+        record_decision(w, sched, write=sched.stop)
         if sched.stop:
             break
         t0 = time.perf_counter()
@@ -75,6 +75,24 @@ def train_loop_per_worker(config: dict) -> None:
                "corrupt_images": int(bad), "started_at_epoch": w.start_epoch}
         w.history.append(row)
         checkpoint_and_report(w, epoch, row, sched)
+    else:  # ran to --max-epochs: the decision on the last epoch still goes into metrics.csv
+        if w.history:
+            last = ray.get(w.board.after_epoch.remote(w.key, w.history[-1]["epoch"]), timeout=SCHEDULE_TIMEOUT_S)
+            record_decision(w, PlateauSchedule.from_state(last), write=True)
+
+
+def record_decision(w: Worker, sched: PlateauSchedule, write: bool) -> None:
+    """The Tune callback's decision on the last epoch (improved, waiting, rate divided, stop) into that
+    epoch's row of metrics.csv and, on rank 0, the job's log; the row is written out with the next epoch's,
+    or now (`write`) when the run ends."""
+    d = sched.decision
+    if d is None or not w.history or d["epoch"] != w.history[-1]["epoch"] or "decision" in w.history[-1]:
+        return
+    w.history[-1]["decision"] = d["why"]
+    if w.rank == 0:
+        print(f"[{w.cfg.arch}] {sched.describe()}", flush=True)
+        if write:
+            write_outputs(w.run_dir, w.cfg, w.history, None)
 
 
 def setup(config: dict) -> Worker:
@@ -94,12 +112,14 @@ def setup(config: dict) -> Worker:
         start_epoch, history, sched, opt_state = resumed
     else:
         start_epoch, history, opt_state = 0, [], None
-        sched = PlateauSchedule(lr=cfg.lr, patience=cfg.plateau_patience, max_decreases=cfg.max_lr_decreases)
+        sched = PlateauSchedule.from_config(cfg)
         if cfg.init.startswith("from:"):
-            source, _ = load_model(resolve_source(cfg.init[len("from:"):], cfg.arch))
-            copied = transfer_init(model, source)
+            done = init_from_source(model, cfg.init[len("from:"):])
             if rank == 0:
-                print(f"[{cfg.arch}] initialised {', '.join(copied)} from {cfg.init[5:]} (§3.1)", flush=True)
+                print(f"[{cfg.arch}] initialised {', '.join(done['copied'])} from {done['source']} (§3.1)"
+                      + (f"; drew {', '.join(done['reinitialised'])} as the source's own were: {done['scheme']}"
+                         + (f", std {done['std']:g}" if done["scheme"] == "gaussian" else "")
+                         if done["reinitialised"] else ""), flush=True)
     # channels_last before DDP is built: DDP records the parameters' memory layout
     model = perf.prepare_for_speed(model, device)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=perf.ddp_kwargs())
@@ -190,14 +210,17 @@ def checkpoint_and_report(w: Worker, epoch: int, row: dict, sched: PlateauSchedu
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: dict) -> None:
-    """metrics.csv, curves.png, TensorBoard events, config.json and best.pt, into the run directory."""
+def write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: dict | None) -> None:
+    """metrics.csv, curves.png, TensorBoard events, config.json and best.pt (when `record` is the best
+    epoch's), into the run directory."""
     with publish_dir(run_dir) as out:
         out = Path(out)
         if not (out / "config.json").is_file():  # once per process: unchanged files are not uploaded again
             (out / "config.json").write_text(cfg.to_json())
         vmetrics.write_metrics_csv(out / "metrics.csv", history)
         vmetrics.plot_curves(out / "curves.png", history, title=f"VGG {cfg.arch}, S={cfg.train_scale}")
+        if record is None:
+            return
         vmetrics.log_tensorboard(out / "tensorboard", history[-1])
         if history[-1]["top1_err"] <= min(r["top1_err"] for r in history):
             save_atomic(record, out / "best.pt")
