@@ -155,4 +155,5 @@ def test_prepare_imagenet_job_fans_out_to_the_same_shards(ray_local, demo_tree, 
         assert split_table(str(tmp_path), split).equals(split_table(demo_shards, split))
     out = capsys.readouterr().out
     n = len(shards.shard_paths(demo_shards, "train")) + len(shards.shard_paths(demo_shards, "val"))
-    assert f"[{n}/{n}]" in out and "1 files skipped" in out
+    assert "converting: 100%" in out and f" {n}/{n} " in out and "images/s" in out  # progress, rate, ETA
+    assert "1 files skipped" in out

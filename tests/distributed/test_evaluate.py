@@ -89,7 +89,10 @@ def test_eval_ensemble_end_to_end_with_two_models(ray_local, demo_shards, models
     out = tmp_path / "eval"
     _job().main(["--model", f"A={models['A']}", "--model", f"B={models['B']}", "--data", demo_shards,
                  "--out", str(out), "--limit", "20", "--workers", "1"])
-    assert "results.md" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "results.md" in out
+    # progress in images (20 images x 3 Q x 2 methods x 2 models), with the pieces done
+    assert "evaluating: 100%" in out and "240/240" in out and "pieces" in out
     rows = json.loads((out / "results.json").read_text())
     # Smoke models trained at S = 256: §3.2's Q = {224, 256, 288}.
     full = {(tuple(r["models"]), r["method"]): r for r in rows if len(r["scales"]) == 3}

@@ -108,6 +108,7 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
     follow.kill()
     follow.wait()
     assert any("[A] epoch 0:" in ln for ln in seen), "".join(seen[-40:])
+    assert any("[A] epoch 0" in ln and "img/s" in ln for ln in seen), "no progress line in the job's log"
     assert ray_job(head, "stop", job_id, timeout=300).returncode == 0
 
     again = submit(head, *train)

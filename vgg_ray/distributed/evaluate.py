@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+from tqdm import tqdm
 
 from vgg_ray.checkpoints import load_model
 from vgg_ray.config import EvalConfig, check_shared
@@ -118,6 +120,10 @@ def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str,
     queue = list(reversed(pieces))
     attempts = dict.fromkeys(range(len(pieces)), 0)
     running: dict = {}  # ObjectRef -> (actor, piece)
+    # progress in images evaluated (one image at one Q by one method of one model), so the rate and the
+    # ETA mean the same whatever the piece sizes
+    bar = tqdm(total=sum(p["stop"] - p["start"] for p in pieces), unit="img", desc="evaluating",
+               mininterval=5, file=sys.stdout)
     try:
         while queue or running:
             for a in actors:
@@ -142,7 +148,10 @@ def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str,
                 raise RuntimeError(f"evaluating {_describe(p)} failed: {e}") from e
             table.add(p["model"], p["method"], p["scale"], p["start"], r["keys"], r["labels"], r["probs"],
                       r["bad"])
+            bar.update(p["stop"] - p["start"])
+            bar.set_postfix_str(f"{len(pieces) - len(queue) - len(running)}/{len(pieces)} pieces", refresh=False)
     finally:
+        bar.close()
         for a in actors:
             ray.kill(a)
 

@@ -20,6 +20,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.experimental.tqdm_ray import tqdm as tqdm_ray
 
 from vgg_ray import metrics as vmetrics
 from vgg_ray import perf
@@ -32,6 +33,7 @@ from vgg_ray.imagenet.shards import load_manifest
 from vgg_ray.schedule import PlateauSchedule
 from vgg_ray.storage import publish_dir
 
+PROGRESS_S = 30  # seconds between progress lines of an epoch in the job's log
 SCHEDULE_TIMEOUT_S = 1800  # the Tune driver decides within seconds; this only turns a lost driver into an error
 
 
@@ -62,7 +64,7 @@ def train_loop_per_worker(config: dict) -> None:
         if sched.stop:
             break
         t0 = time.perf_counter()
-        loss_sum, seen, bad_train = train_epoch(w, sched.lr)
+        loss_sum, seen, bad_train = train_epoch(w, epoch, sched.lr)
         train_s = time.perf_counter() - t0
         c1, c5, n_val, bad_val = validate(w)
         loss_sum, seen, bad, c1, c5, n_val = all_reduce_sum([loss_sum, seen, bad_train + bad_val, c1, c5, n_val],
@@ -152,11 +154,16 @@ def load_checkpoint(model) -> tuple[int, list[dict], PlateauSchedule, dict] | No
     return history[-1]["epoch"] + 1, history, sched, state["optimizer"]
 
 
-def train_epoch(w: Worker, lr: float) -> tuple[float, int, int]:
-    """One pass over this rank's share of the training stream: (summed loss, images, undecodable images)."""
+def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
+    """One pass over this rank's share of the training stream: (summed loss, images, undecodable images).
+    Rank 0 shows the epoch's progress in the job's log (global images, images/s, ETA)."""
     for group in w.optimizer.param_groups:
         group["lr"] = lr
     w.model.train()
+    world = ray.train.get_context().get_world_size()
+    steps = w.manifest["counts"]["train"] // world // w.cfg.per_worker_batch  # streaming_split(equal=True)
+    bar = (tqdm_ray(total=steps * w.cfg.batch_size, desc=f"[{w.cfg.arch}] epoch {epoch}", unit="img",
+                    flush_interval_s=PROGRESS_S) if w.rank == 0 else None)
     loss_sum = torch.zeros((), device=w.device)  # on the device: no per-step GPU sync
     seen = bad = torch.zeros((), dtype=torch.long, device=w.device)
     for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
@@ -164,6 +171,10 @@ def train_epoch(w: Worker, lr: float) -> tuple[float, int, int]:
         loss_sum += w.step(batch["image"], batch["label"], batch["ok"])
         seen = seen + batch["ok"].sum()
         bad = bad + (~batch["ok"]).sum()
+        if bar is not None:
+            bar.update(w.cfg.batch_size)
+    if bar is not None:
+        bar.close()
     return loss_sum.item(), int(seen), int(bad)
 
 

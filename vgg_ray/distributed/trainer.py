@@ -79,7 +79,10 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
         tune.with_resources(_trial, {"cpu": 0.01}),
         param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // first.workers))),
+        # A lost node may take a trial (the driver of one TorchTrainer) with it: Tune starts it again and
+        # its TorchTrainer resumes from the run's last checkpoint, as a resubmission does.
         run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
+                                  failure_config=tune.FailureConfig(max_failures=first.max_failures),
                                   callbacks=[PlateauCallback(board_name, key_of_trial=_key)], verbose=1),
     )
     try:
