@@ -88,13 +88,13 @@ def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, demo_shards, t
                               args=(cluster, tmp_path / hosting / "A", hosting, done, lost), daemon=True)
     killer.start()
     try:
-        runs = train_main(smoke(demo_shards, tmp_path, hosting, "--max-epochs", "4"))
+        runs = train_main(smoke(demo_shards, tmp_path, hosting, "--max-epochs", "3"))
     finally:
         done.set()
         killer.join()
     assert lost, f"no node hosting {hosting} was removed"
     rows = read_metrics_csv(Path(runs["A"]) / "metrics.csv")
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # the run finished
-    # resumed from epoch 1's checkpoint or later: nothing before the epoch in progress was trained twice
-    assert rows[-1]["started_at_epoch"] in (2, 3)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # the run finished
+    # resumed from epoch 1's checkpoint: nothing before the epoch in progress was trained twice
+    assert rows[-1]["started_at_epoch"] == 2
     assert all(r["lr"] == pytest.approx(0.01) for r in rows)  # the schedule went on where it was

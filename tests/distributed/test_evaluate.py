@@ -89,10 +89,10 @@ def test_eval_ensemble_end_to_end_with_two_models(ray_local, demo_shards, models
     out = tmp_path / "eval"
     _job().main(["--model", f"A={models['A']}", "--model", f"B={models['B']}", "--data", demo_shards,
                  "--out", str(out), "--limit", "20", "--workers", "1"])
-    out = capsys.readouterr().out
-    assert "results.md" in out
+    printed = capsys.readouterr().out
+    assert "results.md" in printed
     # progress in images (20 images x 3 Q x 2 methods x 2 models), with the pieces done
-    assert "evaluating: 100%" in out and "240/240" in out and "pieces" in out
+    assert "evaluating: 100%" in printed and "240/240" in printed and "pieces" in printed
     rows = json.loads((out / "results.json").read_text())
     # Smoke models trained at S = 256: §3.2's Q = {224, 256, 288}.
     full = {(tuple(r["models"]), r["method"]): r for r in rows if len(r["scales"]) == 3}
