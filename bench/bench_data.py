@@ -1,49 +1,63 @@
-"""Training-input throughput: our Ray Data pipeline vs torchvision ImageFolder + DataLoader, same images.
+"""Training-input throughput: our pipeline against the one a user would write without vgg_ray, on the same
+images, and what each JPEG decoder costs per core.
 
-    python -m bench.bench_data --data demo
+    python -m bench.bench_data --data photos                    # ImageNet-sized JPEGs, S = 256 and 256-512
     python -m bench.bench_data --data /data/shards --raw /data/imagenet --seconds 60
 
-Both sides do the same work per image (vgg_ray.transforms.train_sample: JPEG draft-mode decode, isotropic
-rescale to S, random crop, random flip) with the same number of CPU processes, and deliver uint8 batches
-to this process. The peer reads the --raw tree's train/ folders, or, without --raw, the shards' training
-images written out as files first (not timed). Each side runs for --seconds after its first batch (start-up
-is not counted; epoch boundaries are). Prints a table, then one JSON line.
+Pipelines, each with --procs CPU processes, delivering uint8 batches of crop x crop images to this process:
+  ours   Ray Data over the shards: per image, S, the crop window and the flip are drawn from the header;
+         simplejpeg decodes (in the DCT domain at 1/2, 1/4, 1/8 when that is still large enough) and only
+         the window is resampled (vgg_ray.transforms.render_window).
+  peer   what users write: torchvision ImageFolder with its default loader (Pillow), then transforms.v2
+         ToImage, Resize(S) (RandomResize for a jittered S), RandomCrop, RandomHorizontalFlip, in a
+         DataLoader over the same images as files.
+The two alternate for --rounds rounds per scale (a shared machine's load drifts; alternating exposes both
+to it) and the medians are compared. The decoder table times one image's whole CPU work, decode to crop,
+per core, in this process, on the same images; on a GPU it adds the device path (vgg_ray.device_decode).
+Prints tables, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from bench.common import TrainSample, collate, read_bytes, resolve, write_images
+from bench.common import peer_transform, resolve, write_images
+from vgg_ray import transforms as T
+from vgg_ray.imagenet import shards
 from vgg_ray.scales import parse_scale, scale_to_px
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="demo", help="shards folder/URI from jobs/prepare_imagenet.py, or demo")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="photos", help="shards folder/URI, photos (ImageNet-sized JPEGs) or demo")
     p.add_argument("--raw", default=None, help="the ImageNet-layout folder the shards came from (train/<wnid>/)")
+    p.add_argument("--scales", default="256,256-512", help="S in paper units, a comma list (fixed or jittered)")
     p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per pipeline and round")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="alternate the two pipelines this many times and report the medians (a shared "
-                        "machine's load drifts; alternating exposes both to the same drift)")
-    p.add_argument("--train-scale", default=None,
-                   help="S in paper units (256 or 256-512); default 256, or the smoke preset's for demo")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per scale; medians are reported")
     p.add_argument("--crop", type=int, default=None, help="crop side, pixels (224; 32 for demo)")
     p.add_argument("--batch", type=int, default=64, help="images per batch delivered to this process")
-    p.add_argument("--procs", type=int, default=os.cpu_count() or 1,
-                   help="CPU processes for each pipeline (default: this machine's cores)")
+    p.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="CPU processes for each pipeline")
+    p.add_argument("--decoder-images", type=int, default=64, help="images for the per-core decoder table")
+    p.add_argument("--pipelines", default="ours,peer", help="comma list of ours, peer (or none: table only)")
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
     return p.parse_args(argv)
 
 
-def timed(epochs, seconds: float, size) -> tuple[float, int]:
-    """(images/s, images) over `seconds` after the first batch; `epochs()` yields one epoch's iterator."""
+# ---- the pipelines ----
+
+def timed(epochs, seconds: float, size) -> float:
+    """Images/s over `seconds` after the first batch; `epochs()` yields one epoch's iterator."""
     n, start = 0, None
     while True:
         for b in epochs():
@@ -52,73 +66,174 @@ def timed(epochs, seconds: float, size) -> tuple[float, int]:
                 continue
             n += size(b)
             if time.perf_counter() - start >= seconds:
-                return n / (time.perf_counter() - start), n
+                return n / (time.perf_counter() - start)
 
 
-def baseline(train_dir: Path, scale, crop, args):
+def peer(train_dir: Path, scale, crop, args):
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(str(train_dir), loader=read_bytes, transform=TrainSample(scale, crop))
+    ds = ImageFolder(str(train_dir), transform=peer_transform(scale, crop))
     # forkserver: workers start from a clean process, not forked from one running Ray's threads; they
     # persist across epochs and rounds, as a training script's would.
     dl = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.procs, drop_last=True,
-                    persistent_workers=True, collate_fn=collate, multiprocessing_context="forkserver")
+                    persistent_workers=True, multiprocessing_context="forkserver")
     return lambda: timed(lambda: iter(dl), args.seconds, lambda b: len(b[1]))
 
 
 def ours(root: str, scale, crop, args):
-    import ray
-
     from vgg_ray.distributed import data
 
-    ray.init(num_cpus=args.procs, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = data.train_dataset(root, scale, crop, seed=0)
     return lambda: timed(lambda: ds.iter_torch_batches(batch_size=args.batch, drop_last=True), args.seconds,
                          lambda b: len(b["label"]))
 
 
+# ---- per-core cost of one image's CPU work, by decoder ----
+
+def _pil_two_step(data, scale, crop, rng):
+    """Pillow (draft mode), the whole image rescaled to S, then cropped: vgg_ray's path before this."""
+    img = Image.open(io.BytesIO(data))
+    w, h = T.rescaled_size(*img.size, T.draw_scale(rng, scale))
+    img.draft("RGB", (w, h))
+    img = np.asarray(img.convert("RGB").resize((w, h), T.RESAMPLE, reducing_gap=None))
+    return T.random_crop_flip(img, crop, rng)
+
+
+def _pil_window(data, scale, crop, rng):
+    """Pillow's decoder (draft mode), then only the window resampled: the window's gain alone."""
+    win = T.train_window(T.image_size(data), scale, crop, rng)
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", win.size_s)
+    img = np.asarray(img.convert("RGB"))
+    sx, sy = img.shape[1] / win.size_s[0], img.shape[0] / win.size_s[1]
+    box = (win.x * sx, win.y * sy, (win.x + crop) * sx, (win.y + crop) * sy)
+    return np.asarray(Image.fromarray(img).resize((crop, crop), T.RESAMPLE, box=box, reducing_gap=None))
+
+
+def _torchvision_window(data, scale, crop, rng):
+    """torchvision.io.decode_jpeg (libjpeg-turbo, no DCT scaling), rescale with antialias, crop: the device
+    path run on a CPU."""
+    from vgg_ray.device_decode import decode_windows, window_array
+
+    win = T.train_window(T.image_size(data), scale, crop, rng)
+    return decode_windows([data], window_array([win]), np.ones(1, bool), crop, "cpu")[0][0]
+
+
+def decoder_table(images: list[bytes], scale, crop, repeat: int = 3) -> list[dict]:
+    """Images/s on one core of each way to turn a JPEG into a training crop (median of `repeat`)."""
+    tf = peer_transform(scale, crop)
+    ways = {
+        "peer: Pillow loader + v2 Resize/RandomCrop/Flip": lambda d, rng: tf(Image.open(io.BytesIO(d)).convert("RGB")),
+        "Pillow (draft), rescale whole image, crop": _pil_two_step,
+        "Pillow (draft), resample the window only": _pil_window,
+        "torchvision decode_jpeg + antialiased resize (device path on CPU)": _torchvision_window,
+        "ours: simplejpeg (DCT 1/2^k), resample the window only": lambda d, rng: T.train_sample(d, scale, crop, rng),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core
+    try:
+        rows = []
+        for name, fn in ways.items():
+            rng = np.random.default_rng(0)
+            fn(images[0], rng)  # warm-up
+            rates = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for d in images:
+                    fn(d, rng)
+                rates.append(len(images) / (time.perf_counter() - t0))
+            rows.append({"decoder": name, "img_s_per_core": statistics.median(rates)})
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def gpu_decode_rate(images: list[bytes], scale, crop, batch: int = 256, repeat: int = 5) -> float | None:
+    """Images/s of vgg_ray.device_decode on this machine's GPU (nvJPEG), batches of `batch`; None without."""
+    if not torch.cuda.is_available():
+        return None
+    from vgg_ray.device_decode import decode_windows, window_array
+
+    rng = np.random.default_rng(0)
+    datas = [images[i % len(images)] for i in range(batch)]
+    wins = window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
+    ok = np.ones(batch, bool)
+    decode_windows(datas, wins, ok, crop, "cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        decode_windows(datas, wins, ok, crop, "cuda")
+    torch.cuda.synchronize()
+    return repeat * batch / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     root = resolve(args.data)
-    demo = args.data == "demo"
-    crop = args.crop or (32 if demo else 224)
-    scale = tuple(scale_to_px(s, crop) for s in parse_scale(args.train_scale or "256"))  # paper units -> px
+    crop = args.crop or (32 if args.data == "demo" else 224)
+    scales = [tuple(scale_to_px(s, crop) for s in parse_scale(text)) for text in args.scales.split(",")]
+    pipelines = [p for p in args.pipelines.split(",") if p in ("ours", "peer")]
+    n = min(args.decoder_images, shards.split_rows(root, "train"))
+    images = shards.read_rows(root, "train", 0, n, ["image"]).column("image").to_pylist()
+    result = {"bench": "data", "data": args.data, "crop": crop, "procs": args.procs, "batch": args.batch,
+              "seconds": args.seconds, "rounds": args.rounds, "mean_jpeg_kb": round(np.mean([len(d) for d in images]) / 1024, 1),
+              "scales": []}
+    started_ray = False
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        if args.raw:
-            train_dir = Path(args.raw) / "train"
-            if not train_dir.is_dir():
-                train_dir = Path(args.raw) / "ILSVRC" / "Data" / "CLS-LOC" / "train"
-            peer_reads = f"files under {train_dir}"
-        else:
-            train_dir = Path(tmp) / "train"
+        train_dir = Path(args.raw) / "train" if args.raw else Path(tmp) / "train"
+        if pipelines and not args.raw:
             write_images(root, train_dir)
-            peer_reads = "the shards' training images written out as files"
-        run_peer, run_ours = baseline(train_dir, scale, crop, args), ours(root, scale, crop, args)
-        peer, mine = [], []
-        for r in range(args.rounds):
-            peer.append(run_peer()[0])
-            mine.append(run_ours()[0])
-            print(f"round {r + 1}/{args.rounds}: ours {mine[-1]:.1f}, peer {peer[-1]:.1f} images/s", flush=True)
-    ours_s, base_s = float(np.median(mine)), float(np.median(peer))
-    ratio = ours_s / base_s
-    rows = [("ours: Ray Data read_parquet -> map_batches -> iter_torch_batches", ours_s, mine),
-            (f"peer: ImageFolder + DataLoader({args.procs} workers)", base_s, peer)]
-    print(f"\ndata {args.data} ({root}); S {scale[0]}-{scale[1]} px, crop {crop} px, batch {args.batch}, "
-          f"{args.procs} CPU processes each; peer reads {peer_reads}")
-    print(f"{'pipeline':<68}{'images/s':>10}  rounds")
-    for name, rate, each in rows:
-        print(f"{name:<68}{rate:>10.1f}  {' '.join(f'{x:.0f}' for x in each)}")
-    print(f"{'ratio ours / peer (medians)':<68}{ratio:>10.2f}")
-    result = {"ours_img_s": round(ours_s, 1), "baseline_img_s": round(base_s, 1), "ratio": round(ratio, 3),
-              "per_process_img_s": round(ours_s / args.procs, 1), "procs": args.procs, "data": args.data,
-              "train_scale_px": list(scale), "crop": crop, "batch": args.batch, "seconds": args.seconds,
-              "rounds": args.rounds, "ours_rounds": [round(x, 1) for x in mine],
-              "baseline_rounds": [round(x, 1) for x in peer],
-              "peer_reads": peer_reads}
+        if "ours" in pipelines:
+            import ray
+
+            ray.init(address="local", num_cpus=args.procs, include_dashboard=False, log_to_driver=False)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            started_ray = True
+        try:
+            for scale in scales:
+                entry = {"train_scale_px": list(scale), "decoders": decoder_table(images, scale, crop),
+                         "gpu_decode_img_s": gpu_decode_rate(images, scale, crop)}
+                runs = {"ours": ours(root, scale, crop, args) if "ours" in pipelines else None,
+                        "peer": peer(train_dir, scale, crop, args) if "peer" in pipelines else None}
+                rates = {k: [] for k, v in runs.items() if v}
+                for r in range(args.rounds if rates else 0):
+                    for k in rates:
+                        rates[k].append(runs[k]())
+                    print(f"S {scale[0]}-{scale[1]} round {r + 1}/{args.rounds}: "
+                          + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " images/s", flush=True)
+                entry["rounds"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
+                entry["median_img_s"] = {k: statistics.median(v) for k, v in rates.items()}
+                if len(rates) == 2:
+                    entry["ratio_ours_over_peer"] = statistics.median([a / b for a, b in zip(rates["ours"], rates["peer"], strict=True)])
+                result["scales"].append(entry)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    print_tables(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return result
+
+
+def print_tables(result: dict) -> None:
+    print(f"\ndata {result['data']} (mean JPEG {result['mean_jpeg_kb']} KB), crop {result['crop']}, "
+          f"{result['procs']} CPU processes per pipeline, batch {result['batch']}")
+    for e in result["scales"]:
+        lo, hi = e["train_scale_px"]
+        print(f"\nS = {lo}" + (f"-{hi} (jittered)" if hi != lo else "") + " px")
+        print(f"  {'one image, decode to crop, on one core':<68}{'img/s':>8}")
+        for d in e["decoders"]:
+            print(f"  {d['decoder']:<68}{d['img_s_per_core']:>8.0f}")
+        if e["gpu_decode_img_s"]:
+            print(f"  {'device path on this GPU (nvJPEG, batches of 256)':<68}{e['gpu_decode_img_s']:>8.0f}")
+        for k, v in e.get("median_img_s", {}).items():
+            print(f"  pipeline {k:<59}{v:>8.1f}  rounds {' '.join(f'{x:.0f}' for x in e['rounds'][k])}")
+        if "ratio_ours_over_peer" in e:
+            print(f"  {'ratio ours / peer (median of the rounds)':<68}{e['ratio_ours_over_peer']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ micro-batches summing to the batch -> SGD):
              (no Ray Train: a single worker would add nothing per step, and the loop is the same).
   peer       what most users would write: --gpus ranks of a plain DDP loop (torch.multiprocessing; NCCL on
              GPUs, gloo on CPUs), each fed by a torch DataLoader over a torchvision ImageFolder of the same
-             images as JPEG files, with the same CPU transform (vgg_ray.transforms.train_sample).
+             images as JPEG files, with the torchvision transforms users write (bench.common.peer_transform).
 Images/s are per device, over --steps after --warmup steps (the first step, timed alone, includes cuDNN's
 autotuning). `--data photos` builds ImageNet-sized JPEGs (300-500 px, ~60 KB) so that decoding costs about
 what it would on ImageNet; the demo's 48-160 px images decode twice as fast at S=256. Prints a table, then
@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import TrainSample, read_bytes, resolve, sync, write_images
+from bench.common import peer_transform, resolve, sync, write_images
 from vgg_ray import perf, transforms
 from vgg_ray.config import PRESETS, TrainConfig
 from vgg_ray.engine import TrainStep, build_model
@@ -216,7 +216,7 @@ def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
         if job["compile"]:
             model = maybe_compile(model, job["micro"], cfg, device, on_gpu, on_gpu)
         ddp = DDP(model, device_ids=[rank] if on_gpu else None)  # DDP's defaults: what a user writes
-        ds = ImageFolder(job["images"], loader=read_bytes, transform=TrainSample(cfg.train_scale_px, cfg.crop_size))
+        ds = ImageFolder(job["images"], transform=peer_transform(cfg.train_scale_px, cfg.crop_size))
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
         workers = job["loader_workers"]
         dl = DataLoader(ds, batch_size=job["batch"], sampler=sampler, num_workers=workers, drop_last=True,
@@ -225,8 +225,8 @@ def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
         def batches():
             for epoch in itertools.count():
                 sampler.set_epoch(epoch)
-                for x, y in dl:
-                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                for x, y in dl:  # uint8 CHW from torchvision; the step takes NHWC
+                    yield x.to(device, non_blocking=True).permute(0, 2, 3, 1), y.to(device, non_blocking=True)
 
         step = make_step(ddp, cfg, job["stats"], device, job["micro"], on_gpu, on_gpu)
         out = timed(step, batches(), job["warmup"], job["steps"], device)

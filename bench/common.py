@@ -1,6 +1,6 @@
 """What the benchmarks share: the data they run on (demo, ImageNet-sized photos, or user shards), the
 peer's file-based input (the shards' images written out as files, read by a torchvision ImageFolder), and
-the peer's per-image transform."""
+the peer's per-image transform, as users write it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import default_collate
 
-from vgg_ray import transforms
 from vgg_ray.imagenet import convert, demo, shards
 from vgg_ray.storage import cache_dir
 
@@ -58,29 +55,14 @@ def write_images(root: str, folder: Path, limit: int | None = None) -> int:
     return n
 
 
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def peer_transform(scale: tuple[int, int], crop: int):
+    """The per-image transform users write with torchvision (to be given PIL images by ImageFolder's
+    default loader): transforms.v2 ToImage, Resize(S) (RandomResize for a jittered S; antialiased), a
+    random crop and a random flip, giving uint8 CHW tensors. Ours are ours, not the peer's."""
+    from torchvision.transforms import v2
 
-
-class TrainSample:
-    """The peer's transform: vgg_ray.transforms.train_sample with its own generator in each DataLoader
-    worker; an undecodable image becomes None (dropped by `collate`), as our pipeline skips it."""
-
-    def __init__(self, scale: tuple[int, int], crop: int):
-        self.scale, self.crop, self.rng = scale, crop, None
-
-    def __call__(self, data: bytes) -> torch.Tensor | None:
-        if self.rng is None:  # first call in this worker process, after the fork
-            self.rng = np.random.default_rng()
-        try:
-            return torch.from_numpy(transforms.train_sample(data, self.scale, self.crop, self.rng))
-        except transforms.UndecodableImage:
-            return None
-
-
-def collate(samples: list):
-    return default_collate([s for s in samples if s[0] is not None])
+    resize = v2.Resize(scale[0]) if scale[0] == scale[1] else v2.RandomResize(scale[0], scale[1] + 1)
+    return v2.Compose([v2.ToImage(), resize, v2.RandomCrop(crop), v2.RandomHorizontalFlip()])
 
 
 def sync(device: torch.device) -> None:

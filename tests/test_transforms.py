@@ -108,7 +108,9 @@ def test_train_sample_reproducible_and_sized():
 
 def test_val_sample_is_the_centre_crop_of_the_rescale():
     data = jpeg(smooth_image(120, 80))
-    assert np.array_equal(T.val_sample(data, 48, 32), T.center_crop(T.decode_rescaled(data, 48), 32))
+    diff = T.val_sample(data, 48, 32).astype(int) - T.center_crop(T.decode_rescaled(data, 48), 32).astype(int)
+    # the window alone resampled: the same filter, fixed-point rounding apart
+    assert np.abs(diff).max() <= 2 and np.abs(diff).mean() < 0.5
 
 
 def test_to_float_nchw_subtracts_mean():
@@ -132,3 +134,51 @@ def test_colour_shift_has_the_pca_covariance():
     cov = np.cov(y[:, :, 0, 0].numpy().T)
     want = q @ np.diag((0.1 * eigval.numpy() / 255) ** 2) @ q.T
     assert np.abs(cov - want).max() < 0.05 * want.max()
+
+
+def photos(n: int = 8) -> list[bytes]:
+    """ImageNet-sized JPEGs (300-500 px a side, sharp edges and noise) from the demo's renderer."""
+    from vgg_ray.imagenet import demo
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        demo.render(i % 10, rng, (300, 500)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("scale,crop", [((256, 256), 224), ((256, 512), 224), ((384, 384), 224), ((37, 73), 32)])
+def test_resampling_only_the_window_equals_rescaling_then_cropping(scale, crop):
+    # §3.1's usual two steps (rescale the whole image to S, crop, flip) against resampling the window
+    # alone, on the same draws: the same pixels within interpolation rounding.
+    for k, data in enumerate(photos()):
+        window_first = T.train_sample(data, scale, crop, np.random.default_rng([k, 3]))
+        rng = np.random.default_rng([k, 3])
+        two_step = T.random_crop_flip(T.decode_rescaled(data, T.draw_scale(rng, scale)), crop, rng)
+        assert window_first.shape == two_step.shape == (crop, crop, 3)
+        assert np.abs(window_first.astype(int) - two_step.astype(int)).max() <= 1, (scale, k)
+
+
+def test_windows_follow_section_3_1():
+    rng = np.random.default_rng(0)
+    wins = [T.train_window((500, 375), (256, 512), 224, rng) for _ in range(4000)]
+    smallest = np.array([min(w.size_s) for w in wins])
+    assert smallest.min() == 256 and smallest.max() == 512 and abs(smallest.mean() - 384) < 5  # S uniform
+    assert all(0 <= w.x <= w.size_s[0] - 224 and 0 <= w.y <= w.size_s[1] - 224 for w in wins)
+    assert abs(np.mean([w.flip for w in wins]) - 0.5) < 0.03
+    assert T.centre_window((500, 375), 256, 224) == T.Window((341, 256), 58, 16, False)
+
+
+def test_decoder_scales_in_the_dct_domain_only_by_powers_of_two():
+    data = jpeg(smooth_image(480, 320))
+    assert T.image_size(data) == (480, 320)
+    assert T.decode(data).shape == (320, 480, 3)
+    assert T.decode(data, (240, 160)).shape == (160, 240, 3)  # 1/2
+    assert T.decode(data, (100, 70)).shape == (80, 120, 3)  # 1/4: the smallest still >= (100, 70)
+    assert T.decode(data, (241, 100)).shape == (320, 480, 3)  # 1/2 would be too small: full size
+    full = T.decode(data).astype(int)
+    assert np.abs(T.decode(jpeg(smooth_image(480, 320), "RGB", "PNG")).astype(int) - full).mean() < 2  # Pillow
+    cmyk = T.decode(jpeg(smooth_image(480, 320), "CMYK"))  # simplejpeg cannot: Pillow can
+    assert cmyk.shape == (320, 480, 3) and np.abs(cmyk.astype(int) - full).mean() < 6

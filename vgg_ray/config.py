@@ -113,6 +113,9 @@ class TrainConfig(_Config):
                              "machine has CUDA), else CPUs; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
     storage: str = _f("runs", "where runs are written: a path or a URI such as s3://bucket/runs")
     name: str = _f("", "run name under --storage (default: <preset>-S<train scale>); resume by reusing it")
+    decode: str = _f("auto", "where training JPEGs are decoded: gpu (nvJPEG on the train workers' device; "
+                             "Ray Data's CPUs only draw the crops), cpu (Ray Data's tasks), or auto (gpu when "
+                             "training on GPUs)", choices=["auto", "gpu", "cpu"])
     shared_fs: bool = _f(False, "--storage and --data are local paths that every node of the cluster mounts "
                                 "(NFS, a FUSE bucket); without it a multi-node cluster needs URIs")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
@@ -125,6 +128,8 @@ class TrainConfig(_Config):
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
         _check_device(self.device)
+        if self.decode not in ("auto", "gpu", "cpu"):
+            raise ValueError(f"--decode {self.decode!r}: expected auto, gpu or cpu")
         if self.crop_size < 32 or self.crop_size % 32:
             raise ValueError(f"--crop-size {self.crop_size}: must be a positive multiple of 32")
         if self.init not in ("glorot", "gaussian") and not self.init.startswith("from:"):

@@ -1,15 +1,18 @@
 """Image transforms of §3.1 (training) and §3.2 (testing). Pure NumPy/PIL/PyTorch, no Ray.
 
-CPU side (per image, inside Ray Data tasks): decode -> isotropic rescale to smallest side S -> crop -> flip,
-producing uint8 HWC arrays. Device side (per batch, on the training GPU): §3.1's PCA colour shift and
+CPU side (per image, inside Ray Data tasks): S, the crop window and the flip are drawn from the image's
+header; the decoder scales in the DCT domain and only the window is resampled (render_window), producing
+uint8 HWC arrays. Device side (per batch, on the training GPU): §3.1's PCA colour shift and
 §2.1's mean subtraction, on float NCHW tensors.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
@@ -32,28 +35,123 @@ def rescaled_size(width: int, height: int, smallest_side: int) -> tuple[int, int
     return max(smallest_side, int(round(width * smallest_side / height))), smallest_side
 
 
-def decode_rescaled(data: bytes, smallest_side: int) -> np.ndarray:
-    """Decode image bytes to RGB and rescale isotropically to `smallest_side`; uint8 HWC.
+# ---- decoding ----
 
-    JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at least that much
-    larger than needed, so a 500x375 ImageNet photo rescaled to S=256 decodes ~1x, but S=64 (smoke) ~1/4
-    of the pixels. Raises UndecodableImage on bytes that are not an image.
-    """
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone: microseconds, no pixel decoded."""
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = rescaled_size(*img.size, smallest_side)
-        if img.format == "JPEG":
-            img.draft("RGB", (w, h))  # keeps the decoded size >= (w, h)
-        img = img.convert("RGB")
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        return w, h
+    except ValueError:  # not a JPEG simplejpeg reads (a PNG, CMYK): Pillow's header parser
+        pass
+    try:
+        return Image.open(io.BytesIO(data)).size
     except PIL_ERRORS as e:
         raise UndecodableImage(f"{type(e).__name__}: {e}") from None
-    if img.size != (w, h):
-        img = img.resize((w, h), RESAMPLE, reducing_gap=None)
-    return np.asarray(img)
 
+
+def _dct_size(size: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest of 1/2, 1/4, 1/8 of `size` that is still >= min_size, or (0, 0) for full size.
+    libjpeg-turbo's other scales (the eighths between) decode slower than full size (bench/README.md)."""
+    (w, h), (mw, mh) = size, min_size
+    if mw <= 0 or mh <= 0:  # no minimum given: the full image
+        return 0, 0
+    eighths = 8
+    while eighths > 1 and -(-w * eighths // 16) >= mw and -(-h * eighths // 16) >= mh:
+        eighths //= 2
+    return (0, 0) if eighths == 8 else (-(-w * eighths // 8), -(-h * eighths // 8))
+
+
+def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """RGB uint8 HWC, at least `min_size` (w, h; (0, 0): full size): JPEGs go to libjpeg-turbo through simplejpeg, which
+    decodes at 1/2, 1/4 or 1/8 size in the DCT domain when that is still at least `min_size`; what it
+    cannot read (CMYK, PNG, a broken stream) goes to Pillow. Raises UndecodableImage when neither can."""
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        mw, mh = _dct_size((w, h), min_size)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=mw, min_height=mh)
+    except ValueError:
+        pass
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG" and min(min_size) > 0:
+            img.draft("RGB", min_size)  # libjpeg's own 1/2, 1/4, 1/8 scaling, keeping >= min_size
+        return np.asarray(img.convert("RGB"))
+    except PIL_ERRORS as e:
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from None
+
+
+def decode_rescaled(data: bytes, smallest_side: int) -> np.ndarray:
+    """The whole image rescaled isotropically so that its smallest side is `smallest_side`; uint8 HWC
+    (§3.2's test images at scale Q)."""
+    w, h = rescaled_size(*image_size(data), smallest_side)
+    img = decode(data, (w, h))
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), RESAMPLE, reducing_gap=None))
+
+
+# ---- §3.1's training crops and the validation centre crop, drawn as windows ----
+
+@dataclass(frozen=True)
+class Window:
+    """A crop x crop window of the image rescaled to `size_s` (w, h: its smallest side is S), at column x
+    and row y of that rescaled image, mirrored when `flip`. Drawn on the CPU from the image's header
+    alone; rendered on the CPU (render_window) or on the training device (vgg_ray.device_decode)."""
+    size_s: tuple[int, int]
+    x: int
+    y: int
+    flip: bool
+
+
+def draw_scale(rng: np.random.Generator, train_scale: tuple[int, int]) -> int:
+    """§3.1: a fixed S, or S drawn uniformly per image from [S_min, S_max] (scale jittering)."""
+    s_min, s_max = train_scale
+    return s_min if s_min == s_max else int(rng.integers(s_min, s_max + 1))
+
+
+def train_window(size: tuple[int, int], train_scale: tuple[int, int], crop: int,
+                 rng: np.random.Generator) -> Window:
+    """§3.1: S (fixed or jittered), then a uniformly placed crop x crop window of the image rescaled to S,
+    flipped with p = 0.5 (drawn in that order: the same draws as rescaling first and cropping after)."""
+    w, h = rescaled_size(*size, draw_scale(rng, train_scale))
+    if h < crop or w < crop:
+        raise ValueError(f"image {w}x{h} is smaller than the crop {crop}: S must be >= the crop size")
+    y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    return Window((w, h), x, y, bool(rng.random() < 0.5))
+
+
+def centre_window(size: tuple[int, int], scale: int, crop: int) -> Window:
+    w, h = rescaled_size(*size, scale)
+    return Window((w, h), (w - crop) // 2, (h - crop) // 2, False)
+
+
+def render_window(data: bytes, win: Window, crop: int) -> np.ndarray:
+    """The window's crop x crop pixels, uint8 HWC. Only the window is resampled: the decoder scales in the
+    DCT domain to no less than the rescaled size, and Pillow's bilinear filter (antialiased: its support
+    grows with the scale) maps the window's box in the decoded image to crop x crop, the same filter,
+    taps and pixel centres as rescaling the whole image and cropping, for a fraction of the work (at
+    S = 512 a 683x512 image would be resampled for a 224x224 crop)."""
+    img = decode(data, win.size_s)
+    sx, sy = img.shape[1] / win.size_s[0], img.shape[0] / win.size_s[1]
+    box = (win.x * sx, win.y * sy, (win.x + crop) * sx, (win.y + crop) * sy)
+    out = np.asarray(Image.fromarray(img).resize((crop, crop), RESAMPLE, box=box, reducing_gap=None))
+    return np.ascontiguousarray(out[:, ::-1]) if win.flip else out
+
+
+def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator) -> np.ndarray:
+    return render_window(data, train_window(image_size(data), train_scale, crop, rng), crop)
+
+
+def val_sample(data: bytes, scale: int, crop: int) -> np.ndarray:
+    """The single centre crop used to track validation accuracy during training (not the §3.2 protocol)."""
+    return render_window(data, centre_window(image_size(data), scale, crop), crop)
+
+
+# ---- the same, the classic way: rescale the whole image, then crop (the peer's way; kept for tests) ----
 
 def random_crop_flip(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """§3.1: one random crop x crop window of the rescaled image, flipped horizontally with p = 0.5."""
+    """One random crop x crop window of an already rescaled image, flipped horizontally with p = 0.5."""
     h, w = img.shape[:2]
     if h < crop or w < crop:
         raise ValueError(f"image {w}x{h} is smaller than the crop {crop}: S must be >= the crop size")
@@ -68,21 +166,6 @@ def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
     h, w = img.shape[:2]
     y, x = (h - crop) // 2, (w - crop) // 2
     return np.ascontiguousarray(img[y:y + crop, x:x + crop])
-
-
-def draw_scale(rng: np.random.Generator, train_scale: tuple[int, int]) -> int:
-    """§3.1: a fixed S, or S drawn uniformly per image from [S_min, S_max] (scale jittering)."""
-    s_min, s_max = train_scale
-    return s_min if s_min == s_max else int(rng.integers(s_min, s_max + 1))
-
-
-def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator) -> np.ndarray:
-    return random_crop_flip(decode_rescaled(data, draw_scale(rng, train_scale)), crop, rng)
-
-
-def val_sample(data: bytes, scale: int, crop: int) -> np.ndarray:
-    """The single centre crop used to track validation accuracy during training (not the §3.2 protocol)."""
-    return center_crop(decode_rescaled(data, scale), crop)
 
 
 def to_float_nchw(images: torch.Tensor, mean_rgb: torch.Tensor, std_rgb: torch.Tensor | None = None,

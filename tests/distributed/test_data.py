@@ -63,6 +63,23 @@ def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards)
     assert [k for k, _, _ in rows(other)] != order[0]
 
 
+def test_decode_on_device_carries_the_same_draws(ray_local, demo_shards):
+    # --decode gpu: Ray Data passes the JPEG bytes and each image's window; the windows are the draws the
+    # CPU path renders, so rendering them (as the device path does, here on the CPU) gives its images.
+    cpu = {k: (lab, img) for k, lab, img in rows(data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True))}
+    ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True, on_device=True)
+    n = 0
+    for b in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        assert set(b) == {"jpeg", "win", "label", "ok", "key"} and b["win"].dtype == np.int32
+        assert b["ok"].all()
+        for key, jpeg, win, label in zip(b["key"], b["jpeg"], b["win"], b["label"], strict=True):
+            want_label, want = cpu[str(key)]
+            got = T.render_window(jpeg, T.Window((int(win[0]), int(win[1])), int(win[2]), int(win[3]), bool(win[4])), CROP)
+            assert label == want_label and got.tobytes() == want
+            n += 1
+    assert n == len(cpu)
+
+
 def test_train_workers_get_different_images(ray_local, demo_shards):
     # The iterators Ray Train hands 3 workers for datasets={"train": ...} (DataConfig.configure:
     # streaming_split(3, equal=True) under our execution options).

@@ -58,7 +58,8 @@ def test_two_epoch_run_writes_every_output(run_a):
 def test_plateau_schedule_ends_the_run_and_init_from_copies_layers(run_a, demo_shards, tmp_path):
     # lr 1e-9 leaves float32 weights unchanged, so accuracy never improves: the Tune callback divides the
     # rate three times and ends the trial at the next plateau, long before --max-epochs 20.
-    runs = train_main(smoke(demo_shards, tmp_path, "plateau", "--arch", "B", "--lr", "1e-9",
+    # (--decode gpu on these CPU workers: the JPEGs decoded in the train worker, as on a GPU node)
+    runs = train_main(smoke(demo_shards, tmp_path, "plateau", "--arch", "B", "--lr", "1e-9", "--decode", "gpu",
                             "--plateau-patience", "1", "--max-epochs", "20", "--init", f"from:{run_a}"))
     rows = read_metrics_csv(Path(runs["B"]) / "metrics.csv")
     assert [r["lr"] for r in rows] == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11, 1e-12], rel=1e-6)

@@ -19,6 +19,7 @@ import ray
 from ray.data import DataContext, FileShuffleConfig
 
 from vgg_ray import transforms
+from vgg_ray.device_decode import window_array
 from vgg_ray.imagenet import shards
 
 # Images per Ray Data map task: a task costs a few ms of scheduling and object-store traffic whatever its
@@ -65,10 +66,31 @@ def _augment(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int,
                                                                  _row_rng(seed, epoch, key)))
 
 
+def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int, with_keys: bool) -> dict:
+    """--decode gpu: the JPEG bytes travel on, with each image's window (S, crop, flip) drawn here from the
+    same per-image generator as the CPU path's, for the train worker to decode and render on its device."""
+    epoch = _epoch()
+    wins, ok = [], np.ones(len(batch["key"]), dtype=bool)
+    for i, (data, key) in enumerate(zip(batch["image"], batch["key"], strict=True)):
+        try:
+            wins.append(transforms.train_window(transforms.image_size(data), train_scale_px, crop,
+                                                _row_rng(seed, epoch, str(key))))
+        except transforms.UndecodableImage as e:
+            wins.append(None)
+            ok[i] = False
+            print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
+    out = {"jpeg": np.asarray(list(batch["image"]), dtype=object), "win": window_array(wins),
+           "label": np.asarray(batch["label"], dtype=np.int64), "ok": ok}
+    if with_keys:
+        out["key"] = np.asarray([str(k) for k in batch["key"]], dtype=object)
+    return out
+
+
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
-                  with_keys: bool = False) -> ray.data.Dataset:
+                  with_keys: bool = False, on_device: bool = False) -> ray.data.Dataset:
     """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
-    image), augmented afresh every epoch (`with_keys` adds each image's source key, for tests).
+    image), augmented afresh every epoch (`with_keys` adds each image's source key, for tests). With
+    `on_device` (--decode gpu) the columns are jpeg, win, label and ok instead: see _draw_windows.
 
     The file order is reshuffled every epoch (and reproducible from `seed`); the converter wrote each
     train shard in a fixed random order of all classes, so every block is already a class mix. S, crop
@@ -95,7 +117,7 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     finally:
         ctx.use_datasource_v2 = v2
     ds = ds.select_columns(["image", "label", "key"])
-    ds = ds.map_batches(_augment, batch_size=MAP_BATCH, batch_format="numpy",
+    ds = ds.map_batches(_draw_windows if on_device else _augment, batch_size=MAP_BATCH, batch_format="numpy",
                         fn_kwargs={"train_scale_px": (lo, hi), "crop": crop, "seed": seed,
                                    "with_keys": with_keys})
     ds.context.execution_options.preserve_order = True

@@ -26,6 +26,7 @@ from vgg_ray import metrics as vmetrics
 from vgg_ray import perf
 from vgg_ray.checkpoints import init_from_source, model_record, save_atomic
 from vgg_ray.config import TrainConfig
+from vgg_ray.device_decode import decode_windows
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import board
 from vgg_ray.engine import TrainStep, build_model, validation_counts
@@ -51,6 +52,7 @@ class Worker:
     key: str  # the run's key on the schedule board
     board: ray.actor.ActorHandle
     val: ray.data.Dataset  # this rank's exact slice of the val split
+    on_device: bool  # --decode gpu: the train stream carries JPEG bytes, decoded here
     history: list[dict]
     start_epoch: int
 
@@ -136,7 +138,7 @@ def setup(config: dict) -> Worker:
     ray.get(schedule_board.seed.remote(config["key"], sched.state_dict()))
     val = vdata.val_dataset(config["root"], rank, ctx.get_world_size(), cfg.val_scale_px, cfg.crop_size)
     return Worker(cfg, rank, device, model, optimizer, step, manifest, config["run_dir"], config["key"],
-                  schedule_board, val, history, start_epoch)
+                  schedule_board, val, config["decode_on_device"], history, start_epoch)
 
 
 def load_checkpoint(model) -> tuple[int, list[dict], PlateauSchedule, dict] | None:
@@ -166,8 +168,7 @@ def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
                     flush_interval_s=PROGRESS_S) if w.rank == 0 else None)
     loss_sum = torch.zeros((), device=w.device)  # on the device: no per-step GPU sync
     seen = bad = torch.zeros((), dtype=torch.long, device=w.device)
-    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=w.cfg.per_worker_batch, drop_last=True, device=w.device):
+    for batch in batches(w):
         loss_sum += w.step(batch["image"], batch["label"], batch["ok"])
         seen = seen + batch["ok"].sum()
         bad = bad + (~batch["ok"]).sum()
@@ -176,6 +177,18 @@ def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
     if bar is not None:
         bar.close()
     return loss_sum.item(), int(seen), int(bad)
+
+
+def batches(w: Worker):
+    """This rank's training batches as uint8 images, labels and ok on the device: decoded by Ray Data's
+    CPU tasks, or (--decode gpu) from JPEG bytes and windows here, on the device (vgg_ray.device_decode)."""
+    shard = ray.train.get_dataset_shard("train")
+    if not w.on_device:
+        yield from shard.iter_torch_batches(batch_size=w.cfg.per_worker_batch, drop_last=True, device=w.device)
+        return
+    for b in shard.iter_batches(batch_size=w.cfg.per_worker_batch, drop_last=True, batch_format="numpy"):
+        images, ok = decode_windows(b["jpeg"], b["win"], b["ok"], w.cfg.crop_size, w.device)
+        yield {"image": images, "label": torch.as_tensor(b["label"]).to(w.device, non_blocking=True), "ok": ok}
 
 
 def validate(w: Worker) -> tuple[int, int, int, int]:

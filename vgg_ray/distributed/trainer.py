@@ -32,10 +32,12 @@ DONE = "done.json"  # written into a configuration's run directory once its trai
 def _trial(config: dict) -> None:
     cfg = TrainConfig.from_dict(config["cfg"])
     arch_dir = join(config["exp_dir"], cfg.arch)
+    # --decode auto: JPEGs decoded on the training GPUs (nvJPEG) when there are any, else by Ray Data's CPUs
+    on_device = cfg.decode == "gpu" or (cfg.decode == "auto" and config["use_gpu"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
-                           "key": arch_dir, "board": config["board"]},
+                           "key": arch_dir, "board": config["board"], "decode_on_device": on_device},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=config["use_gpu"]),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
@@ -43,7 +45,8 @@ def _trial(config: dict) -> None:
             # the latest two: the one to resume from, and one more in case the latest is being written
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()]),
-        datasets={"train": vdata.train_dataset(config["root"], cfg.train_scale_px, cfg.crop_size, cfg.seed)},
+        datasets={"train": vdata.train_dataset(config["root"], cfg.train_scale_px, cfg.crop_size, cfg.seed,
+                                               on_device=on_device)},
         dataset_config=vdata.train_data_config(),  # keeps the per-epoch order reproducible from the seed
     )
     trainer.fit()

@@ -1,0 +1,37 @@
+"""vgg_ray/device_decode.py on the CPU: the device path renders the same crops as the CPU path from the
+same windows, and undecodable images come out as not ok."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vgg_ray import transforms as T
+from vgg_ray.device_decode import decode_windows, window_array
+
+from .test_transforms import jpeg, photos, smooth_image
+
+
+def test_device_path_renders_the_cpu_paths_crops():
+    datas = photos()
+    for scale, crop in (((256, 256), 224), ((256, 512), 224)):
+        wins = [T.train_window(T.image_size(d), scale, crop, np.random.default_rng([k, 5]))
+                for k, d in enumerate(datas)]
+        images, ok = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), crop, "cpu")
+        assert images.dtype == torch.uint8 and images.shape == (len(datas), crop, crop, 3) and ok.all()
+        for k, d in enumerate(datas):
+            diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], crop).astype(int))
+            assert diff.max() <= 1, (scale, k)  # torch's antialiased bilinear is Pillow's filter
+
+
+def test_unreadable_rows_and_formats_the_device_decoder_cannot_read():
+    good = jpeg(smooth_image(300, 200))
+    png = jpeg(smooth_image(300, 200), "RGB", "PNG")  # not a JPEG: rendered on the CPU instead
+    datas = [good, b"garbage", png, good]
+    ok = np.array([True, True, True, False])  # the last was found undecodable upstream
+    win = T.centre_window((300, 200), 64, 32)
+    images, good_rows = decode_windows(datas, window_array([win] * 4), ok, 32, "cpu")
+    assert good_rows.tolist() == [True, False, True, False]
+    assert not images[1].any() and not images[3].any()
+    assert np.abs(images[2].numpy().astype(int) - T.render_window(png, win, 32).astype(int)).max() <= 1
+    assert np.abs(images[0].numpy().astype(int) - images[2].numpy().astype(int)).mean() < 2
