@@ -125,9 +125,10 @@ def decoder_table(images: list[bytes], scale, crop, repeat: int = 3) -> list[dic
     tf = peer_transform(scale, crop)
     ways = {
         "peer: Pillow loader + v2 Resize/RandomCrop/Flip": lambda d, rng: tf(Image.open(io.BytesIO(d)).convert("RGB")),
-        "Pillow (draft), rescale whole image, crop": _pil_two_step,
-        "Pillow (draft), resample the window only": _pil_window,
-        "torchvision decode_jpeg + antialiased resize (device path on CPU)": _torchvision_window,
+        "Pillow (draft), rescale whole image, crop": lambda d, rng: _pil_two_step(d, scale, crop, rng),
+        "Pillow (draft), resample the window only": lambda d, rng: _pil_window(d, scale, crop, rng),
+        "torchvision decode_jpeg + antialiased resize (device path on CPU)":
+            lambda d, rng: _torchvision_window(d, scale, crop, rng),
         "ours: simplejpeg (DCT 1/2^k), resample the window only": lambda d, rng: T.train_sample(d, scale, crop, rng),
     }
     threads = torch.get_num_threads()

@@ -4,7 +4,6 @@ mid-run costs at most the epoch in progress, whichever of the run's processes it
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -14,15 +13,9 @@ from ray.cluster_utils import Cluster
 
 from vgg_ray.metrics import read_metrics_csv
 
+from ..jobs import job
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def train_main(argv):
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def smoke(demo_shards, storage, name, *extra):
 
 def test_local_paths_are_refused_on_a_multi_node_cluster(cluster, demo_shards, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        train_main(smoke(demo_shards, tmp_path, "local")[:-1])  # without --shared-fs
+        job("train").main(smoke(demo_shards, tmp_path, "local")[:-1])  # without --shared-fs
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"--storage {tmp_path} is a local path, and this cluster has 3 nodes" in err and "--shared-fs" in err
@@ -88,7 +81,7 @@ def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, demo_shards, t
                               args=(cluster, tmp_path / hosting / "A", hosting, done, lost), daemon=True)
     killer.start()
     try:
-        runs = train_main(smoke(demo_shards, tmp_path, hosting, "--max-epochs", "3"))
+        runs = job("train").main(smoke(demo_shards, tmp_path, hosting, "--max-epochs", "3"))
     finally:
         done.set()
         killer.join()

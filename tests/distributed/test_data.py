@@ -3,9 +3,7 @@ order, exact-once validation, corrupt images, and the demo dataset."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +13,9 @@ from vgg_ray import transforms as T
 from vgg_ray.distributed import data
 from vgg_ray.imagenet import convert, shards
 
+from ..jobs import job
+
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
 SCALE, CROP = (37, 73), 32  # the smoke preset: §3.1's [256, 512] at a 32-pixel crop
 
 
@@ -163,10 +162,7 @@ def test_corrupt_images_are_counted_and_skipped(ray_local, demo_shards, tmp_path
 
 
 def test_prepare_imagenet_job_fans_out_to_the_same_shards(ray_local, demo_tree, demo_shards, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_imagenet", ROOT / "jobs" / "prepare_imagenet.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    m = job.main(["--src", demo_tree, "--out", str(tmp_path), "--shard-mb", "0.2", "--stats-sample", "100"])
+    m = job("prepare_imagenet").main(["--src", demo_tree, "--out", str(tmp_path), "--shard-mb", "0.2", "--stats-sample", "100"])
     assert m == shards.load_manifest(demo_shards)  # Ray tasks or builtin map: one result
     for split in ("train", "val"):
         assert split_table(str(tmp_path), split).equals(split_table(demo_shards, split))

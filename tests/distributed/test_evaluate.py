@@ -3,10 +3,8 @@ instance."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,9 +20,10 @@ from vgg_ray.imagenet import shards
 from vgg_ray.models import build_vgg
 from vgg_ray.transforms import decode_rescaled
 
+from ..jobs import job
+
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {"crop_size": 32, "train_scale": [256, 256], "preset": "smoke", "width": 1 / 16, "fc_width": 64}
 
 
@@ -78,16 +77,9 @@ def test_every_image_once_per_model_method_and_scale_with_a_killed_actor(ray_loc
         torch.testing.assert_close(table.posteriors("A", method), by_hand, rtol=1e-4, atol=1e-5)
 
 
-def _job():
-    spec = importlib.util.spec_from_file_location("eval_ensemble", ROOT / "jobs" / "eval_ensemble.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_eval_ensemble_end_to_end_with_two_models(ray_local, demo_shards, models, tmp_path, capsys):
     out = tmp_path / "eval"
-    _job().main(["--model", f"A={models['A']}", "--model", f"B={models['B']}", "--data", demo_shards,
+    job("eval_ensemble").main(["--model", f"A={models['A']}", "--model", f"B={models['B']}", "--data", demo_shards,
                  "--out", str(out), "--limit", "20", "--workers", "1"])
     printed = capsys.readouterr().out
     assert "results.md" in printed

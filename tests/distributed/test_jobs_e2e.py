@@ -17,6 +17,8 @@ import pytest
 
 from vgg_ray.metrics import read_metrics_csv
 
+from ..jobs import job
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,11 +129,7 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
 
 
 def test_reproduce_chain_smoke(ray_local, demo_shards, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce_job", ROOT / "jobs" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = job("reproduce")
     argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "1",
             "--max-epochs", "1", "--storage", str(tmp_path), "--name", "chain", "--limit", "20"]
     summary = mod.main(argv)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -17,15 +15,9 @@ from vgg_ray import storage
 from vgg_ray.imagenet import convert, shards
 from vgg_ray.metrics import read_metrics_csv
 
+from ..jobs import job
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.s3]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def job(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "jobs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import threading
@@ -14,16 +13,10 @@ import torch
 
 from vgg_ray.metrics import read_metrics_csv
 
+from ..jobs import job
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def train_main(argv):
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(argv)
 
 
 def smoke(demo_shards, storage, name, *extra):
@@ -34,7 +27,7 @@ def smoke(demo_shards, storage, name, *extra):
 @pytest.fixture(scope="module")
 def run_a(ray_local, demo_shards, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    runs = train_main(smoke(demo_shards, storage, "two", "--arch", "A", "--max-epochs", "2"))
+    runs = job("train").main(smoke(demo_shards, storage, "two", "--arch", "A", "--max-epochs", "2"))
     return Path(runs["A"])
 
 
@@ -59,7 +52,7 @@ def test_plateau_schedule_ends_the_run_and_init_from_copies_layers(run_a, demo_s
     # lr 1e-9 leaves float32 weights unchanged, so accuracy never improves: the Tune callback divides the
     # rate three times and ends the trial at the next plateau, long before --max-epochs 20.
     # (--decode gpu on these CPU workers: the JPEGs decoded in the train worker, as on a GPU node)
-    runs = train_main(smoke(demo_shards, tmp_path, "plateau", "--arch", "B", "--lr", "1e-9", "--decode", "gpu",
+    runs = job("train").main(smoke(demo_shards, tmp_path, "plateau", "--arch", "B", "--lr", "1e-9", "--decode", "gpu",
                             "--plateau-patience", "1", "--max-epochs", "20", "--init", f"from:{run_a}"))
     rows = read_metrics_csv(Path(runs["B"]) / "metrics.csv")
     assert [r["lr"] for r in rows] == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11, 1e-12], rel=1e-6)
@@ -109,7 +102,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint_and_leaves_nothing_behin
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
     try:
-        runs = train_main(smoke(demo_shards, tmp_path, "crash", "--arch", "A", "--max-epochs", "4"))
+        runs = job("train").main(smoke(demo_shards, tmp_path, "crash", "--arch", "A", "--max-epochs", "4"))
     finally:
         done.set()
         killer.join()
