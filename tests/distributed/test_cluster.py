@@ -61,11 +61,9 @@ def node_of(cluster: Cluster, actor_class: str):
 
 def lose_node_after_epoch_1(cluster: Cluster, run_dir: Path, actor_class: str, done: threading.Event,
                             lost: list):
-    """Once Ray Train has registered epoch 1's checkpoint (its snapshot names it), remove the node hosting
-    `actor_class` and add a fresh one."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    """Once epoch 1's checkpoint is in storage, remove the node hosting `actor_class` and add a fresh one."""
     while not done.wait(0.2):
-        if snapshot.is_file() and "checkpoint_epoch001" in snapshot.read_text():
+        if (run_dir / "checkpoint_epoch001").is_dir():
             node = node_of(cluster, actor_class)
             if node is not None:
                 cluster.remove_node(node, allow_graceful=False)
@@ -88,6 +86,7 @@ def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, demo_shards, t
     assert lost, f"no node hosting {hosting} was removed"
     rows = read_metrics_csv(Path(runs["A"]) / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # the run finished
-    # resumed from epoch 1's checkpoint: nothing before the epoch in progress was trained twice
-    assert rows[-1]["started_at_epoch"] == 2
+    # resumed from the last checkpoint Ray Train had registered: epoch 1's (the node went while epoch 2
+    # ran) or epoch 0's (it went while epoch 1's was being registered) — the epoch in progress at most
+    assert rows[-1]["started_at_epoch"] in (1, 2)
     assert all(r["lr"] == pytest.approx(0.01) for r in rows)  # the schedule went on where it was

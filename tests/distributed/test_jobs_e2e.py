@@ -111,6 +111,16 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
     follow.wait()
     assert any("[A] epoch 0:" in ln for ln in seen), "".join(seen[-40:])
     assert any("[A] epoch 0" in ln and "img/s" in ln for ln in seen), "no progress line in the job's log"
+    # the checkpoint is saved once that line is out; stop once Ray Train has registered it too
+    snapshot = tmp_path / "e2e" / "A" / "checkpoint_manager_snapshot.json"
+    for _ in range(600):
+        if snapshot.is_file() and "checkpoint_epoch000" in snapshot.read_text():
+            break
+        follow_up = subprocess.run([str(BIN / "ray"), "job", "status", job_id], env=head, capture_output=True,
+                                   text=True, timeout=60)  # also the pause between two looks
+        assert "FAILED" not in follow_up.stdout, follow_up.stdout
+    else:
+        pytest.fail("Ray Train never registered epoch 0's checkpoint")
     assert ray_job(head, "stop", job_id, timeout=300).returncode == 0
 
     again = submit(head, *train)

@@ -224,14 +224,14 @@ def checkpoint_and_report(w: Worker, epoch: int, row: dict, sched: PlateauSchedu
                      "history": w.history}, Path(tmp) / "state.pt")
         checkpoint = ray.train.Checkpoint.from_directory(tmp)
         write_outputs(w.run_dir, w.cfg, w.history, record)
+    ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:03d}")
+    if tmp is not None:  # Ray Train has copied the checkpoint to storage: the epoch's line says it is saved
+        shutil.rmtree(tmp, ignore_errors=True)
         print(f"[{w.cfg.arch}] epoch {epoch}: lr {sched.lr:.3g} loss {row['train_loss']:.3f} "
               f"top-1 err {row['top1_err']:.1f}% top-5 err {row['top5_err']:.1f}% "
               f"({row['images_per_s']:.0f} img/s, {row['epoch_s']:.1f} s"
               + (f", {row['corrupt_images']} undecodable images skipped" if row["corrupt_images"] else "")
-              + ")", flush=True)
-    ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:03d}")
-    if tmp is not None:  # Ray Train has copied the checkpoint to storage
-        shutil.rmtree(tmp, ignore_errors=True)
+              + "); checkpoint saved", flush=True)
 
 
 def write_outputs(run_dir: str, cfg: TrainConfig, history: list[dict], record: dict | None) -> None:
