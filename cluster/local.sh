@@ -73,7 +73,7 @@ shift || true
 case "$cmd" in
   test)
     setup
-    "$venv/bin/ruff" check vgg_ray jobs tests
+    "$venv/bin/ruff" check vgg_ray jobs tests bench
     exec "$venv/bin/python" -m pytest "$@"
     ;;
   demo)
