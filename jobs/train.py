@@ -10,12 +10,14 @@ Run it again with the same --storage and --name to resume. Locally it starts Ray
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from vgg_ray.checkpoints import resolve_source
 from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
+from vgg_ray.storage import absolute, delete_dir, is_file, join, read_bytes
 
 
 def parse_archs(text: str) -> list[str]:
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     parser.add_argument("--arch", default="A", help="A, A-LRN, B, C, D, E, a comma list, or all (default A)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration of each arch and exit, without starting Ray")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete what --storage/--name holds for these archs and start them over (without it, "
+                             "a run resumes, and refuses a configuration other than the one it was started with)")
     add_arguments(parser, TrainConfig, skip=("arch",))
     args = parser.parse_args(argv)
     try:  # every flag is checked before any work starts
@@ -49,6 +54,17 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 resolve_source(c.init[len("from:"):], c.arch)
             except FileNotFoundError as e:
                 parser.error(f"--init {c.init}: {e}")
+
+    for c in cfgs:  # and that an existing run is resumed with what it was started with
+        saved = join(absolute(c.storage), c.name, c.arch, "config.json")
+        if args.fresh:
+            delete_dir(join(absolute(c.storage), c.name, c.arch))
+        elif is_file(saved):
+            changed = c.differences(json.loads(read_bytes(saved)))
+            if changed:
+                parser.error(f"--name {c.name}: run {c.arch} was started with another configuration "
+                             f"({'; '.join(changed)}); resume it with its own flags, pick another --name, or "
+                             "add --fresh to start it over")
 
     from vgg_ray.distributed.trainer import train  # imports Ray: after the flags are known to be good
 

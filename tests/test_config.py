@@ -33,8 +33,30 @@ def test_paper_defaults_and_the_smoke_preset():
 
 def test_flags_override_the_preset_and_keep_its_other_values():
     cfg = parse(TrainConfig, ["--preset", "smoke", "--lr", "0.05", "--workers", "2"], arch="B")
-    assert (cfg.arch, cfg.lr, cfg.workers, cfg.crop_size, cfg.per_worker_batch) == ("B", 0.05, 2, 32, 16)
+    assert (cfg.arch, cfg.lr, cfg.workers, cfg.crop_size, cfg.per_worker_batch) == ("B", 0.05, (2, 2), 32, 16)
     assert cfg.micro == 16 and parse(TrainConfig, ["--micro-batch", "64"]).micro == 64
+
+
+def test_an_elastic_run_keeps_the_global_batch_whatever_its_world_size():
+    cfg = parse(TrainConfig, ["--workers", "2-4"])
+    assert (cfg.min_workers, cfg.max_workers) == (2, 4)
+    for world in (1, 2, 3, 4):  # every step is one update of 256 images, split as evenly as it goes
+        shares = [cfg.share(r, world) for r in range(world)]
+        assert sum(shares) == 256 and max(shares) - min(shares) <= 1
+    assert [cfg.share(r, 3) for r in range(3)] == [86, 85, 85]
+    # forward passes never exceed the share at the most workers: fewer workers accumulate
+    assert cfg.micro == 64
+    # every rank streams n // world images and takes the same number of steps
+    assert cfg.steps_per_epoch(1000, 3) == 333 // 86 == 3 and cfg.steps_per_epoch(1024, 4) == 4
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_a_run_resumes_only_with_the_configuration_it_was_started_with():
+    saved = TrainConfig.from_preset("smoke").to_dict()
+    again = TrainConfig.from_preset("smoke", max_epochs=80, workers="1-4", device="cpu")  # how it runs
+    assert again.differences(saved) == []
+    other = TrainConfig.from_preset("smoke", lr=0.05, train_scale="256-512", name=saved["name"])
+    assert other.differences(saved) == ["--train-scale 256 -> 256-512", "--lr 0.01 -> 0.05"]
 
 
 @pytest.mark.parametrize("argv,flag", [
@@ -46,8 +68,11 @@ def test_flags_override_the_preset_and_keep_its_other_values():
     (["--plateau-threshold", "0.5"], None),  # accepted: an accuracy in [0, 1]
     (["--plateau-threshold", "2"], "--plateau-threshold 2.0: must be in [0, 1]"),
     (["--init-std", "0"], "--init-std 0.0: must be > 0"),
-    (["--batch-size", "100", "--workers", "3"], "--batch-size 100 is not divisible by --workers 3"),
-    (["--micro-batch", "7"], "--micro-batch 7 must divide"),
+    (["--batch-size", "100", "--workers", "3"], None),  # shares of 34, 33, 33
+    (["--batch-size", "2", "--workers", "1-3"], "--batch-size 2 is smaller than --workers 1-3"),
+    (["--workers", "4-2"], "--workers 4-2: expected N or MIN-MAX"),
+    (["--workers", "0"], "--workers 0: expected N or MIN-MAX"),
+    (["--micro-batch", "300"], "--micro-batch 300: must be <= --batch-size 256"),
     (["--train-scale", "200"], "train scale '200'"),
     (["--init", "from:"], "--init from:"),
     (["--crop-size", "50"], "--crop-size 50"),

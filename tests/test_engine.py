@@ -54,6 +54,22 @@ def test_micro_batches_accumulate_to_the_same_update():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_unequal_shares_average_to_the_whole_batch_update():
+    # An elastic run of 3 workers splits a batch of 10 as 4, 3, 3; DDP averages the three ranks' gradients.
+    # Each rank weighs its loss by its share x world / batch, so the average is the whole batch's gradient.
+    x, y = batch(10)
+    whole = tiny()
+    TrainStep(whole, torch.optim.SGD(whole.parameters(), lr=1.0), STATS, CPU, micro=10, colour_shift_std=0.0)(x, y)
+    start, grads = tiny(), []
+    for xs, ys in zip(x.split([4, 3, 3]), y.split([4, 3, 3]), strict=True):
+        rank = copy.deepcopy(start)
+        TrainStep(rank, torch.optim.SGD(rank.parameters(), lr=1.0), STATS, CPU, micro=2, colour_shift_std=0.0,
+                  share_fraction=len(xs) * 3 / 10)(xs, ys)
+        grads.append([p0 - p1 for p0, p1 in zip(start.parameters(), rank.parameters(), strict=True)])
+    for p0, p1, *g in zip(start.parameters(), whole.parameters(), *grads, strict=True):
+        torch.testing.assert_close(p0 - sum(g) / 3, p1, rtol=1e-4, atol=1e-6)
+
+
 def test_undecodable_rows_count_for_nothing():
     x, y = batch()
     ok = torch.tensor([True, True, False, True, True, True, False, True])

@@ -88,8 +88,9 @@ class TrainConfig(_Config):
     width: float = _f(1.0, "channel multiplier of the conv layers (1 in the paper)")
     fc_width: int = _f(4096, "channels of fc6 and fc7 (4096 in the paper)")
     batch_size: int = _f(256, "global mini-batch, images, whatever the number of workers (§3.1: 256)")
-    micro_batch: int = _f(0, "images per worker per forward pass; 0 = batch_size/workers (gradient "
-                             "accumulation below that)")
+    micro_batch: int = _f(0, "images per worker per forward pass, gradients accumulated over a worker's share "
+                             "of the batch; 0 = the share at the most workers (an elastic run that shrinks "
+                             "accumulates, and never runs a larger forward pass than it started with)")
     lr: float = _f(1e-2, "initial learning rate (§3.1: 1e-2; 1e-3 for S=384 from S=256)")
     momentum: float = _f(0.9, "SGD momentum, in [0, 1)")
     weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
@@ -108,7 +109,13 @@ class TrainConfig(_Config):
     init_std: float = _f(GAUSSIAN_STD, "std of the gaussian init; 0.01 as in Caffe, not the 0.1 that §3.1's "
                                        "'variance 1e-2' reads as (logits of std ~1e8 on 0-255 input)")
     colour_shift_std: float = _f(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)")
-    workers: int = _f(1, "Ray Train workers (one per GPU)")
+    workers: tuple[int, int] = _f((1, 1), "Ray Train workers (one per GPU): N, or MIN-MAX for an elastic run that "
+                                          "starts with what can be placed, grows when nodes join and shrinks "
+                                          "when one is lost; the global batch stays --batch-size",
+                                  metavar="N|MIN-MAX")
+    cpus_per_worker: int = _f(1, "CPUs each train worker holds; a node's other CPUs run Ray Data's decoding")
+    resize_check_s: float = _f(60.0, "elastic runs: seconds between Ray Train's looks for room to grow (a "
+                                     "growth restarts the workers from the last checkpoint)")
     device: str = _f("auto", "auto: GPUs when the cluster has GPU nodes or its autoscaler can add them (or this "
                              "machine has CUDA), else CPUs; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
     storage: str = _f("runs", "where runs are written: a path or a URI such as s3://bucket/runs")
@@ -123,6 +130,7 @@ class TrainConfig(_Config):
 
     def __post_init__(self) -> None:
         self.train_scale = parse_scale(self.train_scale)
+        self.workers = parse_workers(self.workers)
         if self.arch not in ARCHS:
             raise ValueError(f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
         if self.preset not in PRESETS:
@@ -137,7 +145,8 @@ class TrainConfig(_Config):
         if self.init == "from:":
             raise ValueError("--init from: needs a run directory or checkpoint after the colon")
         _check_ranges(self, {
-            "batch_size": (">= 1", lambda v: v >= 1), "workers": (">= 1", lambda v: v >= 1),
+            "batch_size": (">= 1", lambda v: v >= 1), "cpus_per_worker": (">= 1", lambda v: v >= 1),
+            "resize_check_s": (">= 0", lambda v: v >= 0),
             "max_epochs": (">= 1", lambda v: v >= 1), "fc_width": (">= 1", lambda v: v >= 1),
             "lr": ("> 0", lambda v: v > 0), "width": ("> 0", lambda v: v > 0),
             "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
@@ -146,19 +155,45 @@ class TrainConfig(_Config):
             "max_lr_decreases": (">= 0", lambda v: v >= 0), "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1), "max_failures": (">= 0", lambda v: v >= 0),
             "micro_batch": (">= 0", lambda v: v >= 0),
         })
-        if self.batch_size % self.workers:
-            raise ValueError(f"--batch-size {self.batch_size} is not divisible by --workers {self.workers}: "
-                             "every worker takes an equal share of the global batch")
-        if self.micro_batch and self.per_worker_batch % self.micro_batch:
-            raise ValueError(f"--micro-batch {self.micro_batch} must divide the per-worker batch "
-                             f"{self.per_worker_batch}")
+        if self.batch_size < self.max_workers:
+            raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
+                             "every worker needs at least one image of the global batch")
+        if self.micro_batch > self.batch_size:
+            raise ValueError(f"--micro-batch {self.micro_batch}: must be <= --batch-size {self.batch_size}")
         if not self.name:
             lo, hi = self.train_scale
             self.name = f"{self.preset}-S{lo}" + (f"-{hi}" if hi != lo else "")
 
+    def differences(self, saved: dict) -> list[str]:
+        """The flags whose values differ from a run's saved config.json, among those that decide what is
+        trained (how it runs -- workers, device, --max-epochs, ... -- may change when a run resumes)."""
+        saved = TrainConfig.from_dict(saved).to_dict()
+        mine = self.to_dict()
+        return [f"--{k.replace('_', '-')} {_shown(saved[k])} -> {_shown(mine[k])}"
+                for k in mine if k not in RESUMABLE_FIELDS and mine[k] != saved[k]]
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1]
+
+    def share(self, rank: int, world: int) -> int:
+        """Rank `rank`'s images of each global batch among `world` workers: the batch split as evenly as
+        it goes (256 over 3 workers: 86, 85, 85), so every step is one update of --batch-size images."""
+        return self.batch_size // world + (rank < self.batch_size % world)
+
+    def steps_per_epoch(self, n_train: int, world: int) -> int:
+        """Global batches per epoch: every rank streams n_train // world images (Ray Data's equal split)
+        and takes the same number of steps, bounded by the rank with the largest share."""
+        return (n_train // world) // self.share(0, world)
+
     @property
     def per_worker_batch(self) -> int:
-        return self.batch_size // self.workers
+        """A worker's share at the most workers."""
+        return self.share(0, self.max_workers)
 
     @property
     def micro(self) -> int:
@@ -188,6 +223,11 @@ class TrainConfig(_Config):
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
 
+# What a run may change when it resumes: how it runs, not what it trains (the global batch is --batch-size
+# whatever the workers).
+RESUMABLE_FIELDS = ("max_epochs", "workers", "cpus_per_worker", "resize_check_s", "device", "decode", "storage",
+                    "shared_fs", "max_failures")
+
 # Named presets: the fields they change from the dataclass defaults (which are the paper's).
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -198,6 +238,24 @@ PRESETS: dict[str, dict] = {
     "smoke": {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "batch_size": 32, "lr": 0.01,
               "max_epochs": 40, "plateau_patience": 4},
 }
+
+
+def parse_workers(text: str | int | tuple | list) -> tuple[int, int]:
+    """'4' -> (4, 4); '2-8' -> (2, 8), an elastic range; a pair passes through."""
+    if isinstance(text, (tuple, list)):
+        lo, hi = (int(v) for v in text)
+    elif isinstance(text, int):
+        lo = hi = text
+    else:
+        parts = str(text).split("-")
+        try:
+            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+        except ValueError:
+            lo = hi = 0
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--workers {_shown(text) if isinstance(text, tuple) else text}: expected N or MIN-MAX "
+                         "with 1 <= MIN <= MAX (e.g. 8, or 4-16)")
+    return lo, hi
 
 
 def parse_methods(text: str | list | tuple) -> tuple[str, ...]:

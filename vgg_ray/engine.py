@@ -36,16 +36,19 @@ def _autocast(device: torch.device, amp: bool):
 class TrainStep:
     """§3.1's SGD step on one global batch's share. `stats` is the manifest's RGB statistics (mean_rgb,
     eigval, eigvec, 0-255 units); `micro` images per forward pass (gradient accumulation below the batch;
-    DDP all-reduces once, on the last micro-batch)."""
+    DDP all-reduces once, on the last micro-batch). `share_fraction` is this rank's share of the global
+    batch times the world size (1 when the batch splits evenly): DDP averages the ranks' gradients, so a
+    rank holding 86 of 256 images among 3 weighs its loss by 86*3/256 and the update is the mean over the
+    whole batch."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stats: Mapping, device: torch.device,
                  *, micro: int, colour_shift_std: float = 0.1, seed: int = 0, amp: bool | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, share_fraction: float = 1.0):
         on_gpu = device.type == "cuda"
         self.model, self.optimizer, self.device, self.micro = model, optimizer, device, micro
         self.mean, self.eigval, self.eigvec = (torch.tensor(stats[k], dtype=torch.float32, device=device)
                                                for k in ("mean_rgb", "eigval", "eigvec"))
-        self.colour_shift_std = colour_shift_std
+        self.colour_shift_std, self.share_fraction = colour_shift_std, share_fraction
         self.generator = torch.Generator().manual_seed(seed)  # the colour shift's alphas, drawn on the CPU
         self.amp = on_gpu if amp is None else amp
         self.channels_last = on_gpu if channels_last is None else channels_last
@@ -56,7 +59,8 @@ class TrainStep:
         x = colour_shift(x, self.eigval, self.eigvec, self.colour_shift_std, self.generator)
         y = labels.long()
         weight = torch.ones(len(y), device=x.device) if ok is None else ok.to(x.device, torch.float32)
-        n_good = weight.sum().clamp(min=1)  # a tensor: dividing by it needs no host sync
+        # the images the mean is over, scaled to this rank's weight in DDP's average; a tensor: no host sync
+        n_good = weight.sum().clamp(min=1) / self.share_fraction
         chunks = list(zip(x.split(self.micro), y.split(self.micro), weight.split(self.micro), strict=True))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=x.device)

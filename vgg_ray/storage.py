@@ -69,6 +69,13 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def delete_dir(path: str) -> None:
+    """Delete a directory and everything under it; nothing if it does not exist."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_dir(p)
+
+
 def cache_dir() -> Path:
     """vgg_ray's cache on this machine: the demo data and the benchmark photos."""
     return Path(os.environ.get("VGG_RAY_CACHE") or Path.home() / ".cache" / "vgg_ray")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -49,21 +50,37 @@ def test_local_paths_are_refused_on_a_multi_node_cluster(cluster, demo_shards, t
     assert not (tmp_path / "local").exists()  # nothing was started
 
 
-def node_of(cluster: Cluster, actor_class: str):
-    """The worker node (of this cluster) that hosts a live actor of that class."""
-    for a in ray._private.state.actors().values():
-        if a["ActorClassName"] == actor_class and a["State"] == "ALIVE":
-            for node in cluster.worker_nodes:
-                if node.node_id == a["Address"]["NodeID"]:
-                    return node
-    return None
+def processes(cluster: Cluster, title: str) -> dict[str, list[psutil.Process]]:
+    """{node id: live processes of that worker node whose title starts with ray::<title>}. Ray's workers
+    are children of their node's raylet, so the process tree says where an actor lives (the actor table
+    does not always list a Tune trial's actor while it runs)."""
+    found = {}
+    for node in cluster.worker_nodes:
+        try:
+            raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+            for p in raylet.children(recursive=True):
+                if p.cmdline()[:1] and p.cmdline()[0].startswith(f"ray::{title}"):
+                    found.setdefault(node.node_id, []).append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
+            continue
+    return found
+
+
+def node_of(cluster: Cluster, title: str):
+    """The worker node that hosts a live process titled ray::<title>, or None."""
+    hosts = processes(cluster, title)
+    return next((n for n in cluster.worker_nodes if n.node_id in hosts), None)
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.name[len("checkpoint_epoch"):]) for p in run_dir.glob("checkpoint_epoch*"))
 
 
 def lose_node_after_epoch_1(cluster: Cluster, run_dir: Path, actor_class: str, done: threading.Event,
                             lost: list):
     """Once epoch 1's checkpoint is in storage, remove the node hosting `actor_class` and add a fresh one."""
     while not done.wait(0.2):
-        if (run_dir / "checkpoint_epoch001").is_dir():
+        if 1 in checkpoints(run_dir):
             node = node_of(cluster, actor_class)
             if node is not None:
                 cluster.remove_node(node, allow_graceful=False)
@@ -72,11 +89,12 @@ def lose_node_after_epoch_1(cluster: Cluster, run_dir: Path, actor_class: str, d
                 return
 
 
-# The same test with the node that hosts the Tune trial ("ImplicitFunc") passes run alone (resumed at
-# epoch 2), but run after this one the trial's actor is not found in the actor table while it trains, so
-# nothing is removed: it stays out of the suite until that is understood (see the closing note of 2026-11-22).
-@pytest.mark.parametrize("hosting", ["RayTrainWorker"])  # the node of the train workers
-def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, demo_shards, tmp_path, hosting):
+def test_losing_the_node_of_the_tune_trial_costs_at_most_the_epoch_in_progress(cluster, demo_shards, tmp_path):
+    # The head takes no tasks, so the Tune trial that drives the TorchTrainer runs on a worker node; Tune
+    # starts it again and its TorchTrainer resumes from the last checkpoint. (Losing the node of the train
+    # workers is the elastic test's shrink, below; with a fixed --workers 2 it measured the same: resumed at
+    # epoch 2 of 3, world size 2 throughout -- closing note of 2026-11-22.)
+    hosting = "ImplicitFunc"
     done, lost = threading.Event(), []
     killer = threading.Thread(target=lose_node_after_epoch_1,
                               args=(cluster, tmp_path / hosting / "A", hosting, done, lost), daemon=True)
@@ -93,3 +111,56 @@ def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, demo_shards, t
     # ran) or epoch 0's (it went while epoch 1's was being registered) — the epoch in progress at most
     assert rows[-1]["started_at_epoch"] in (1, 2)
     assert all(r["lr"] == pytest.approx(0.01) for r in rows)  # the schedule went on where it was
+
+
+def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_one_is_lost(cluster, demo_shards, tmp_path):
+    # Each 5-CPU node fits one train worker of 3 CPUs and leaves 2 CPUs to Ray Data (with 1, its read and
+    # decode operators wait on each other's budget). The run starts on one node (1 worker); a second node
+    # joins after epoch 0 (Ray Train grows the group to 2 from the last checkpoint); once an epoch has run
+    # on 2 workers, the node that joined is lost (back to 1).
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node)
+    cluster.add_node(num_cpus=5)
+    cluster.wait_for_nodes()
+    run_dir = tmp_path / "elastic" / "A"
+    done, events = threading.Event(), {}  # what happened -> the last epoch in metrics.csv then
+
+    def watch():
+        joined = None
+        while not done.wait(0.2):
+            rows = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
+            if joined is None and rows:
+                joined = cluster.add_node(num_cpus=5)
+                events["node joined"] = rows[-1]["epoch"]
+            # two epochs on 2 workers: the first one's checkpoint is registered by now
+            elif joined is not None and sum(r.get("world_size") == 2 for r in rows) >= 2:
+                cluster.remove_node(joined, allow_graceful=False)
+                events["node lost"] = rows[-1]["epoch"]
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        runs = job("train").main(smoke(demo_shards, tmp_path, "elastic", "--workers", "1-2", "--cpus-per-worker",
+                                       "3", "--resize-check-s", "1", "--max-epochs", "10",
+                                       "--plateau-patience", "40"))
+    finally:
+        done.set()
+        watcher.join()
+        while len(cluster.worker_nodes) < 2:  # the next test finds the module's cluster as it was
+            cluster.add_node(num_cpus=4)
+        cluster.wait_for_nodes()
+    rows = read_metrics_csv(Path(runs["A"]) / "metrics.csv")
+    print("events:", events)
+    print("world size per epoch:", [r["world_size"] for r in rows])
+    print("started at epoch:", [r["started_at_epoch"] for r in rows])
+    assert [r["epoch"] for r in rows] == list(range(10))  # the run finished
+    sizes = [r["world_size"] for r in rows]
+    grew, shrank = sizes.index(2), len(sizes) - sizes[::-1].index(2)
+    assert sizes[0] == 1 and set(sizes[grew:shrank]) == {2} and set(sizes[shrank:]) == {1} and shrank < 10
+    # growing restarts the workers from the last checkpoint; so does a loss, which costs at most the epoch
+    # in progress (and the one before, if Ray Train had not yet registered its checkpoint)
+    started = sorted({r["started_at_epoch"] for r in rows})
+    assert len(started) == 3 and started[1] == grew and started[2] == shrank
+    assert events["node lost"] + 1 - shrank in (0, 1)
+    assert all(r["lr"] == pytest.approx(0.01) for r in rows)  # same schedule, same global batch

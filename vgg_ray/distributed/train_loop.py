@@ -43,6 +43,7 @@ class Worker:
     """What one rank holds across epochs."""
     cfg: TrainConfig
     rank: int
+    world: int  # this worker group's size: --workers N, or where an elastic run stands now
     device: torch.device
     model: torch.nn.Module  # DDP-wrapped when world > 1
     optimizer: torch.optim.Optimizer
@@ -76,7 +77,7 @@ def train_loop_per_worker(config: dict) -> None:
         row = {"epoch": epoch, "lr": sched.lr, "train_loss": loss_sum / max(seen, 1),
                "top1_err": 100 * (1 - c1 / n_val), "top5_err": 100 * (1 - c5 / n_val), "top1_acc": c1 / n_val,
                "images_per_s": seen / train_s, "epoch_s": time.perf_counter() - t0, "n_val": int(n_val),
-               "corrupt_images": int(bad), "started_at_epoch": w.start_epoch}
+               "corrupt_images": int(bad), "started_at_epoch": w.start_epoch, "world_size": w.world}
         w.history.append(row)
         checkpoint_and_report(w, epoch, row, sched)
     else:  # ran to --max-epochs: the decision on the last epoch still goes into metrics.csv
@@ -104,7 +105,7 @@ def setup(config: dict) -> Worker:
     optimizer, the step, and the schedule the run continues from, seeded on the board."""
     cfg = TrainConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         perf.configure_backends()  # cuDNN autotuning, TF32
@@ -133,11 +134,15 @@ def setup(config: dict) -> Worker:
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     step = TrainStep(model, optimizer, manifest, device, micro=cfg.micro, colour_shift_std=cfg.colour_shift_std,
-                     seed=cfg.seed * 1000 + rank)
+                     seed=cfg.seed * 1000 + rank, share_fraction=cfg.share(rank, world) * world / cfg.batch_size)
     schedule_board = board(config["board"])
     ray.get(schedule_board.seed.remote(config["key"], sched.state_dict()))
-    val = vdata.val_dataset(config["root"], rank, ctx.get_world_size(), cfg.val_scale_px, cfg.crop_size)
-    return Worker(cfg, rank, device, model, optimizer, step, manifest, config["run_dir"], config["key"],
+    val = vdata.val_dataset(config["root"], rank, world, cfg.val_scale_px, cfg.crop_size)
+    if rank == 0 and cfg.min_workers != cfg.max_workers:
+        print(f"[{cfg.arch}] {world} workers (elastic {cfg.min_workers}-{cfg.max_workers}), from epoch "
+              f"{start_epoch}: shares of the {cfg.batch_size}-image batch "
+              f"{', '.join(str(cfg.share(r, world)) for r in range(world))}", flush=True)
+    return Worker(cfg, rank, world, device, model, optimizer, step, manifest, config["run_dir"], config["key"],
                   schedule_board, val, config["decode_on_device"], history, start_epoch)
 
 
@@ -162,13 +167,14 @@ def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
     for group in w.optimizer.param_groups:
         group["lr"] = lr
     w.model.train()
-    world = ray.train.get_context().get_world_size()
-    steps = w.manifest["counts"]["train"] // world // w.cfg.per_worker_batch  # streaming_split(equal=True)
+    steps = w.cfg.steps_per_epoch(w.manifest["counts"]["train"], w.world)
     bar = (tqdm_ray(total=steps * w.cfg.batch_size, desc=f"[{w.cfg.arch}] epoch {epoch}", unit="img",
                     flush_interval_s=PROGRESS_S) if w.rank == 0 else None)
     loss_sum = torch.zeros((), device=w.device)  # on the device: no per-step GPU sync
     seen = bad = torch.zeros((), dtype=torch.long, device=w.device)
-    for batch in batches(w):
+    for i, batch in enumerate(batches(w)):
+        if i >= steps:  # a smaller share leaves a few images over: the ranks step together
+            continue  # (the stream is read to its end, so the next epoch starts cleanly)
         loss_sum += w.step(batch["image"], batch["label"], batch["ok"])
         seen = seen + batch["ok"].sum()
         bad = bad + (~batch["ok"]).sum()
@@ -183,10 +189,11 @@ def batches(w: Worker):
     """This rank's training batches as uint8 images, labels and ok on the device: decoded by Ray Data's
     CPU tasks, or (--decode gpu) from JPEG bytes and windows here, on the device (vgg_ray.device_decode)."""
     shard = ray.train.get_dataset_shard("train")
+    share = w.cfg.share(w.rank, w.world)
     if not w.on_device:
-        yield from shard.iter_torch_batches(batch_size=w.cfg.per_worker_batch, drop_last=True, device=w.device)
+        yield from shard.iter_torch_batches(batch_size=share, drop_last=True, device=w.device)
         return
-    for b in shard.iter_batches(batch_size=w.cfg.per_worker_batch, drop_last=True, batch_format="numpy"):
+    for b in shard.iter_batches(batch_size=share, drop_last=True, batch_format="numpy"):
         images, ok = decode_windows(b["jpeg"], b["win"], b["ok"], w.cfg.crop_size, w.device)
         yield {"image": images, "label": torch.as_tensor(b["label"]).to(w.device, non_blocking=True), "ok": ok}
 

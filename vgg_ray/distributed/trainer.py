@@ -38,7 +38,12 @@ def _trial(config: dict) -> None:
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
                            "key": arch_dir, "board": config["board"], "decode_on_device": on_device},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=config["use_gpu"]),
+        # --workers MIN-MAX: Ray Train's elastic policy starts with what fits (at least MIN), looks for room
+        # to grow every --resize-check-s, and restarts a smaller group from the last checkpoint on a loss
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers if cfg.min_workers != cfg.max_workers else cfg.min_workers,
+            use_gpu=config["use_gpu"], resources_per_worker={"CPU": cfg.cpus_per_worker},
+            elastic_resize_monitor_interval_s=cfg.resize_check_s),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -66,10 +71,12 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
     exp_dir = join(absolute(first.storage), first.name)
     use_gpu = use_gpus(first.device)
     # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
-    slots = max(gpu_capacity(), first.workers) if use_gpu else ray.cluster_resources().get("CPU", 1) // 2
-    print(f"training {', '.join(c.arch for c in cfgs)} on {first.workers} {'GPU' if use_gpu else 'CPU'} "
-          f"worker(s) each" + ("" if not use_gpu or ray.cluster_resources().get("GPU", 0) >= first.workers
-                               else "; waiting for the autoscaler to add GPU nodes"), flush=True)
+    lo, hi = first.workers
+    slots = max(gpu_capacity(), lo) if use_gpu else ray.cluster_resources().get("CPU", 1) // 2
+    print(f"training {', '.join(c.arch for c in cfgs)} on {lo if lo == hi else f'{lo} to {hi}'} "
+          f"{'GPU' if use_gpu else 'CPU'} worker(s) each"
+          + ("" if not use_gpu or ray.cluster_resources().get("GPU", 0) >= lo
+             else "; waiting for the autoscaler to add GPU nodes"), flush=True)
     archs = [c.arch for c in cfgs]
     board_name, board = start_board()  # this call's own: it ends with it
     space = {
@@ -81,7 +88,7 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
         # (Tune refuses an empty request, hence a token 0.01 CPU).
         tune.with_resources(_trial, {"cpu": 0.01}),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // first.workers))),
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // hi))),
         # A lost node may take a trial (the driver of one TorchTrainer) with it: Tune starts it again and
         # its TorchTrainer resumes from the run's last checkpoint, as a resubmission does.
         run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
