@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS, GAUSSIAN_STD
-from vgg_ray.scales import parse_scale, parse_test_scales, scale_to_px, single_test_scale
+from vgg_ray.scales import parse_pair, parse_scale, parse_test_scales, scale_to_px, single_test_scale
 from vgg_ray.schedule import PLATEAU_THRESHOLD
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
@@ -242,16 +242,7 @@ PRESETS: dict[str, dict] = {
 
 def parse_workers(text: str | int | tuple | list) -> tuple[int, int]:
     """'4' -> (4, 4); '2-8' -> (2, 8), an elastic range; a pair passes through."""
-    if isinstance(text, (tuple, list)):
-        lo, hi = (int(v) for v in text)
-    elif isinstance(text, int):
-        lo = hi = text
-    else:
-        parts = str(text).split("-")
-        try:
-            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
-        except ValueError:
-            lo = hi = 0
+    lo, hi = parse_pair(text) or (0, 0)
     if not 1 <= lo <= hi:
         raise ValueError(f"--workers {_shown(text) if isinstance(text, tuple) else text}: expected N or MIN-MAX "
                          "with 1 <= MIN <= MAX (e.g. 8, or 4-16)")

@@ -14,20 +14,29 @@ PAPER_CROP = 224
 FALLBACK_TRAIN_SCALE = (256, 256)
 
 
+def parse_pair(text: str | int | tuple | list, seps: str = "-") -> tuple[int, int] | None:
+    """'N' -> (N, N); 'LO-HI' -> (LO, HI) (any of `seps` between); an int or a pair passes through; None
+    when `text` is none of these."""
+    if isinstance(text, (tuple, list)):
+        return tuple(int(v) for v in text) if len(text) == 2 else None
+    if isinstance(text, int):
+        return text, text
+    parts = str(text)
+    for sep in seps[1:]:
+        parts = parts.replace(sep, seps[0])
+    parts = parts.split(seps[0])
+    try:
+        return (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else None
+    except ValueError:
+        return None
+
+
 def parse_scale(text: str | int | tuple | list) -> tuple[int, int]:
     """'256' -> (256, 256); '256-512' or '256:512' -> (256, 512); a pair passes through."""
-    if isinstance(text, (tuple, list)):
-        lo, hi = (int(v) for v in text)
-    elif isinstance(text, int):
-        lo = hi = text
-    else:
-        parts = str(text).replace(":", "-").split("-")
-        try:
-            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
-        except ValueError:
-            lo = hi = None
-        if lo is None:
-            raise ValueError(f"train scale {text!r}: expected S (e.g. 256) or S_min-S_max (e.g. 256-512)")
+    pair = parse_pair(text, "-:")
+    if pair is None:
+        raise ValueError(f"train scale {text!r}: expected S (e.g. 256) or S_min-S_max (e.g. 256-512)")
+    lo, hi = pair
     if lo < PAPER_CROP or hi < lo:
         raise ValueError(f"train scale {text!r}: need {PAPER_CROP} <= S_min <= S_max (§3.1: S >= 224)")
     return lo, hi
