@@ -106,6 +106,8 @@ def test_losing_the_node_of_the_tune_trial_costs_at_most_the_epoch_in_progress(c
         killer.join()
     assert lost, f"no node hosting {hosting} was removed"
     rows = read_metrics_csv(Path(runs["A"]) / "metrics.csv")
+    print("world size per epoch:", [r["world_size"] for r in rows], "started at epoch:",
+          [r["started_at_epoch"] for r in rows])
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # the run finished
     # resumed from the last checkpoint Ray Train had registered: epoch 1's (the node went while epoch 2
     # ran) or epoch 0's (it went while epoch 1's was being registered) — the epoch in progress at most
