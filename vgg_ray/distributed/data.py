@@ -22,9 +22,9 @@ from vgg_ray import transforms
 from vgg_ray.device_decode import window_array
 from vgg_ray.imagenet import shards
 
-# Images per Ray Data map task: a task costs a few ms of scheduling and object-store traffic whatever its
-# size, so it should carry ~0.5 s of decoding (128 ImageNet images at S = 256, 3-4 ms each); its output,
-# 128 crops of 224 px, is a 19 MB block (bench/README.md, "Pipeline settings").
+# Images decoded per call of the map function: the read task that holds a shard's rows decodes them in
+# slices of this many and yields each slice's crops (128 crops of 224 px: 19 MB) as it goes, so memory
+# stays bounded whatever the shard size (bench/README.md, "Pipeline settings").
 MAP_BATCH = 128
 
 
@@ -86,6 +86,19 @@ def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed:
     return out
 
 
+def _in_slices(fn):
+    """fn over a whole block, as a generator of fn's output on slices of MAP_BATCH rows: with
+    map_batches(batch_size=None) Ray Data fuses the map into the read task (a batch size would keep them
+    apart: the read may change row counts, so Ray will not fuse a map that needs whole batches), and the
+    JPEG bytes never pass through the object store."""
+    def sliced(batch: dict, **kwargs):
+        n = len(batch["label"])
+        for i in range(0, n, MAP_BATCH):
+            yield fn({k: v[i:i + MAP_BATCH] for k, v in batch.items()}, **kwargs)
+    sliced.__name__ = fn.__name__
+    return sliced
+
+
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
                   with_keys: bool = False, on_device: bool = False) -> ray.data.Dataset:
     """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
@@ -117,7 +130,8 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     finally:
         ctx.use_datasource_v2 = v2
     ds = ds.select_columns(["image", "label", "key"])
-    ds = ds.map_batches(_draw_windows if on_device else _augment, batch_size=MAP_BATCH, batch_format="numpy",
+    ds = ds.map_batches(_in_slices(_draw_windows if on_device else _augment), batch_size=None,
+                        batch_format="numpy",
                         fn_kwargs={"train_scale_px": (lo, hi), "crop": crop, "seed": seed,
                                    "with_keys": with_keys})
     ds.context.execution_options.preserve_order = True
