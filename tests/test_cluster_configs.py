@@ -273,7 +273,7 @@ def test_rayjob_entrypoint_is_a_valid_training_command(rayjob):
     assert cfg.device == "auto"
     gpus_per_node = 8
     max_nodes = max(g["maxReplicas"] for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"])
-    assert cfg.workers <= gpus_per_node * max_nodes, "more DDP workers than the GPU group can hold"
+    assert cfg.max_workers <= gpus_per_node * max_nodes, "more DDP workers than the GPU group can hold"
 
 
 def test_rayjob_installs_the_projects_dependencies(rayjob):

@@ -138,3 +138,15 @@ def test_print_config_resolves_without_starting_ray(job, argv):
 def test_jobs_refuse_bad_flags_in_one_line_with_status_2(job, argv, msg):
     out = subprocess.run([sys.executable, f"jobs/{job}", *argv], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_resumed_with_another_configuration_is_refused_before_ray_starts(demo_shards, tmp_path):
+    run = tmp_path / "x" / "A"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(TrainConfig.from_preset("smoke", name="x", data=demo_shards).to_json())
+    argv = ["--preset", "smoke", "--data", demo_shards, "--storage", str(tmp_path), "--name", "x"]
+    out = subprocess.run([sys.executable, "jobs/train.py", *argv, "--lr", "0.05", "--workers", "1-2"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--name x: run A was started with another configuration (--lr 0.01 -> 0.05)" in out.stderr
+    assert "--fresh" in out.stderr and (run / "config.json").is_file()

@@ -64,7 +64,7 @@ def test_bench_cpu_synthetic_and_peer(demo_shards, tmp_path):
 
 def test_bench_rejects_bad_flags():
     for argv, match in [(["--arch", "D,X"], "--arch"), (["--paths", "synthetic,gpu"], "--paths"),
-                        (["--batch", "30", "--micro-batch", "7"], "micro-batch")]:
+                        (["--batch", "30", "--micro-batch", "40"], "micro-batch")]:
         with pytest.raises(SystemExit, match=match):
             bench_train.main(argv)
 
