@@ -72,7 +72,9 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
     use_gpu = use_gpus(first.device)
     # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
     lo, hi = first.workers
-    slots = max(gpu_capacity(), lo) if use_gpu else ray.cluster_resources().get("CPU", 1) // 2
+    # (on CPUs, half of them for the train workers and half for Ray Data's decoding)
+    slots = (max(gpu_capacity(), lo) if use_gpu
+             else ray.cluster_resources().get("CPU", 1) // (2 * first.cpus_per_worker))
     print(f"training {', '.join(c.arch for c in cfgs)} on {lo if lo == hi else f'{lo} to {hi}'} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s) each"
           + ("" if not use_gpu or ray.cluster_resources().get("GPU", 0) >= lo
