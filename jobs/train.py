@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         if args.fresh:
             delete_dir(join(absolute(c.storage), c.name, c.arch))
         elif is_file(saved):
-            changed = c.differences(json.loads(read_bytes(saved)))
+            try:
+                changed = c.differences(json.loads(read_bytes(saved)))
+            except ValueError as e:  # not JSON, or a configuration this version refuses
+                parser.error(f"--name {c.name}: {saved} cannot be read as a run's configuration ({e}); pick "
+                             "another --name, or add --fresh to start the run over")
             if changed:
                 parser.error(f"--name {c.name}: run {c.arch} was started with another configuration "
                              f"({'; '.join(changed)}); resume it with its own flags, pick another --name, or "

@@ -225,8 +225,8 @@ class TrainConfig(_Config):
 
 # What a run may change when it resumes: how it runs, not what it trains (the global batch is --batch-size
 # whatever the workers).
-RESUMABLE_FIELDS = ("max_epochs", "workers", "cpus_per_worker", "resize_check_s", "device", "decode", "storage",
-                    "shared_fs", "max_failures")
+RESUMABLE_FIELDS = ("max_epochs", "workers", "micro_batch", "cpus_per_worker", "resize_check_s", "device", "decode",
+                    "storage", "shared_fs", "max_failures")
 
 # Named presets: the fields they change from the dataclass defaults (which are the paper's).
 PRESETS: dict[str, dict] = {
