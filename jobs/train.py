@@ -17,7 +17,7 @@ from vgg_ray.checkpoints import resolve_source
 from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
-from vgg_ray.storage import absolute, delete_dir, is_file, join, read_bytes
+from vgg_ray.storage import delete_dir, is_file, join, read_bytes
 
 
 def parse_archs(text: str) -> list[str]:
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 parser.error(f"--init {c.init}: {e}")
 
     for c in cfgs:  # and that an existing run is resumed with what it was started with
-        saved = join(absolute(c.storage), c.name, c.arch, "config.json")
+        saved = join(c.run_dir, "config.json")
         if args.fresh:
-            delete_dir(join(absolute(c.storage), c.name, c.arch))
+            delete_dir(c.run_dir)
         elif is_file(saved):
             try:
                 changed = c.differences(json.loads(read_bytes(saved)))

@@ -17,6 +17,7 @@ from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS, GAUSSIAN_STD
 from vgg_ray.scales import parse_pair, parse_scale, parse_test_scales, scale_to_px, single_test_scale
 from vgg_ray.schedule import PLATEAU_THRESHOLD
+from vgg_ray.storage import absolute, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
 
@@ -171,6 +172,16 @@ class TrainConfig(_Config):
         mine = self.to_dict()
         return [f"--{k.replace('_', '-')} {_shown(saved[k])} -> {_shown(mine[k])}"
                 for k in mine if k not in RESUMABLE_FIELDS and mine[k] != saved[k]]
+
+    @property
+    def experiment_dir(self) -> str:
+        """<storage>/<name>: every configuration of one training call, and Ray Tune's state."""
+        return join(absolute(self.storage), self.name)
+
+    @property
+    def run_dir(self) -> str:
+        """<storage>/<name>/<arch>: this configuration's run (checkpoints, metrics.csv, config.json, ...)."""
+        return join(self.experiment_dir, self.arch)
 
     @property
     def min_workers(self) -> int:

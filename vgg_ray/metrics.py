@@ -11,6 +11,7 @@ from pathlib import Path
 
 COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images",
            "started_at_epoch", "world_size", "decision"]
+INT_COLUMNS = ("epoch", "world_size")
 TEXT_COLUMNS = ("decision",)  # the plateau rule's verdict on the epoch (PlateauSchedule.decision["why"])
 
 
@@ -34,8 +35,8 @@ def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (v if k in TEXT_COLUMNS else int(v) if k in ("epoch", "world_size") else float(v)) for k, v in r.items()
-                 if v != ""}
+        return [{k: (v if k in TEXT_COLUMNS else int(v) if k in INT_COLUMNS else float(v))
+                 for k, v in r.items() if v != ""}
                 for r in csv.DictReader(f)]
 
 

@@ -24,7 +24,7 @@ from vgg_ray.distributed.schedule_board import PlateauCallback, start_board
 from vgg_ray.distributed.session import connect, gpu_capacity, node_count, use_gpus
 from vgg_ray.distributed.train_loop import train_loop_per_worker
 from vgg_ray.imagenet.demo import resolve_data
-from vgg_ray.storage import absolute, exists, join, publish_dir
+from vgg_ray.storage import exists, join, publish_dir
 
 DONE = "done.json"  # written into a configuration's run directory once its training has ended
 
@@ -68,7 +68,7 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
     connect()
     check_shared({"--storage": first.storage, "--data": first.data}, node_count(), first.shared_fs)
     root = resolve_data(first.data)
-    exp_dir = join(absolute(first.storage), first.name)
+    exp_dir = first.experiment_dir
     use_gpu = use_gpus(first.device)
     # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
     lo, hi = first.workers
