@@ -10,6 +10,8 @@ micro-batches summing to the batch -> SGD):
   synthetic  random uint8 batches already on the device: the model's ceiling.
   ray        vgg_ray.distributed.data.train_dataset(...).iter_torch_batches consumed here, in the driver, on one device
              (no Ray Train: a single worker would add nothing per step, and the loop is the same).
+  ray-gpu    the same with --decode gpu: Ray Data carries the JPEG bytes and each image's window, and the
+             batch is decoded and rendered on the device (vgg_ray.device_decode), as the train loop does.
   peer       what most users would write: --gpus ranks of a plain DDP loop (torch.multiprocessing; NCCL on
              GPUs, gloo on CPUs), each fed by a torch DataLoader over a torchvision ImageFolder of the same
              images as JPEG files, with the torchvision transforms users write (bench.common.peer_transform).
@@ -46,7 +48,7 @@ from vgg_ray.engine import TrainStep, build_model
 from vgg_ray.imagenet import shards
 from vgg_ray.models import ARCHS, forward_macs
 
-PATHS = ("synthetic", "ray", "peer")
+PATHS = ("synthetic", "ray", "ray-gpu", "peer")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,7 +120,10 @@ def timed(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
     elapsed = time.perf_counter() - t0
     loss = float(loss) / n
     if not np.isfinite(loss):
-        raise FloatingPointError(f"training loss {loss} after {warmup + steps} steps: the step is broken")
+        bad = "" if torch.isfinite(x.float()).all() else " (non-finite input)"
+        raise FloatingPointError(f"training loss {loss} after {warmup + steps} steps{bad}: the step is broken; "
+                                 f"last batch {tuple(x.shape)} {x.dtype} min {x.min().item()} max {x.max().item()}, "
+                                 f"labels {y.min().item()}-{y.max().item()}")
     return {"images_per_s": n / elapsed, "step_s": elapsed / steps, "first_step_s": first_step_s,
             "first_batch_s": first_batch_s, "images": n, "loss": loss,
             "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
@@ -172,11 +177,19 @@ def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device,
     return itertools.cycle(made)
 
 
-def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int):
+def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int,
+                on_device: bool = False):
+    from vgg_ray.device_decode import decode_windows
     from vgg_ray.distributed import data
 
-    ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed)
+    ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed, on_device=on_device)
     while True:  # one pass per epoch: Ray Data re-executes the pipeline, as in training
+        if on_device:  # as vgg_ray.distributed.train_loop.batches does with --decode gpu
+            for b in ds.iter_batches(batch_size=batch, drop_last=True, batch_format="numpy",
+                                     prefetch_batches=prefetch):
+                images, _ = decode_windows(b["jpeg"], b["win"], b["ok"], cfg.crop_size, device)
+                yield images, torch.as_tensor(b["label"]).to(device, non_blocking=True)
+            continue
         for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(device),
                                        prefetch_batches=prefetch, pin_memory=device.type == "cuda"):
             yield b["image"], b["label"]
@@ -340,7 +353,6 @@ def main(argv: list[str] | None = None) -> dict:
               "decode_img_s_per_core": decode_rate(root, first), "results": [], "ratios": {}}
     rows = result["results"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    ray_started = False
     try:
         if "peer" in paths:
             write_images(root, tmp / "images", args.peer_images)
@@ -367,14 +379,20 @@ def main(argv: list[str] | None = None) -> dict:
                        "threads": args.threads}
                 res = spawn(_peer_rank, args.gpus, job)
                 rows.append(_row(arch, "peer", "DDP+DataLoader", res, devices=args.gpus, **common))
-            if "ray" in paths:
-                ray_started |= _start_ray(args.procs)
-                batches = ray_batches(root, cfg, b, device, args.prefetch)
-                try:
-                    res = timed(step, batches, warmup, steps, device)
-                finally:
-                    batches.close()
-                rows.append(_row(arch, "ray", "Ray Data", res, devices=1, **common))
+            for path in ("ray", "ray-gpu"):
+                if path in paths:
+                    _start_ray(args.procs)
+                    batches = ray_batches(root, cfg, b, device, args.prefetch, on_device=path == "ray-gpu")
+                    variant = "Ray Data, decode on device" if path == "ray-gpu" else "Ray Data"
+                    try:
+                        res = timed(step, batches, warmup, steps, device)
+                    except FloatingPointError as e:  # keep the other paths' figures; the JSON says why
+                        result.setdefault("errors", []).append(f"{arch} {path}: {e}")
+                        print(f"{arch} {path}: {e}", flush=True)
+                        continue
+                    finally:
+                        batches.close()
+                    rows.append(_row(arch, path, variant, res, devices=1, **common))
             if args.ablate:
                 rows += ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul)
             if args.project_scaling:
@@ -386,10 +404,6 @@ def main(argv: list[str] | None = None) -> dict:
             result["ratios"][arch] = ratios(rows, arch)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if ray_started:
-            import ray
-
-            ray.shutdown()
     print_table(result)
     if args.out:
         out = Path("bench/results/" if args.out == "auto" else args.out)
@@ -398,18 +412,20 @@ def main(argv: list[str] | None = None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    # A Ray started here is left to Ray's exit handler: shut down while a Ray Data prefetch thread of a
+    # closed iterator still runs, Ray ends the process with exit status 1 (and, before the figures were
+    # printed first, nothing flushed).
     return result
 
 
-def _start_ray(cpus: int) -> bool:
+def _start_ray(cpus: int) -> None:
     import ray
 
     if ray.is_initialized():
-        return False
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        return
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return True
 
 
 def ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul) -> list[dict]:
@@ -472,9 +488,10 @@ def scaling(model, cfg, stats, classes, device, args, warmup, steps, micro) -> d
 
 def ratios(rows: list[dict], arch: str) -> dict:
     get = {r["path"]: r["images_per_s"] for r in rows if r["arch"] == arch and r["variant"] in
-           ("default", "Ray Data", "DDP+DataLoader")}
+           ("default", "Ray Data", "Ray Data, decode on device", "DDP+DataLoader")}
     out = {}
-    for a, b in (("ray", "synthetic"), ("ray", "peer"), ("peer", "synthetic")):
+    for a, b in (("ray", "synthetic"), ("ray", "peer"), ("ray-gpu", "synthetic"), ("ray-gpu", "peer"),
+                 ("ray-gpu", "ray"), ("peer", "synthetic")):
         if a in get and b in get:
             out[f"{a}_over_{b}"] = get[a] / get[b]
     return out

@@ -28,7 +28,8 @@ def _check_result(result: dict, paths: set[str]) -> None:
     assert {"device", "preset", "peak", "results", "ratios", "decode_img_s_per_core", "batch"} <= set(result)
     assert result["device"] == "cpu" and result["preset"] == "smoke"
     assert result["peak"]["matmul_flops"] > 0 and result["decode_img_s_per_core"] > 0
-    rows = {r["path"]: r for r in result["results"] if r["variant"] in ("default", "Ray Data", "DDP+DataLoader")}
+    rows = {r["path"]: r for r in result["results"]
+            if r["variant"] in ("default", "Ray Data", "Ray Data, decode on device", "DDP+DataLoader")}
     assert set(rows) == paths
     for r in rows.values():
         assert set(r) == ROW_KEYS
@@ -75,8 +76,10 @@ def test_bench_ray_data_path(ray_local, demo_shards):
     threads = torch.get_num_threads()
     try:
         result = bench_train.main(["--preset", "smoke", "--arch", "A", "--data", demo_shards,
-                                     "--paths", "synthetic,ray", "--steps", "3", "--warmup", "1"])
+                                     "--paths", "synthetic,ray,ray-gpu", "--steps", "3", "--warmup", "1"])
     finally:
         torch.set_num_threads(threads)
-    _check_result(result, {"synthetic", "ray"})
+    _check_result(result, {"synthetic", "ray", "ray-gpu"})
     assert result["ratios"]["A"]["ray_over_synthetic"] > 0
+    assert result["ratios"]["A"]["ray-gpu_over_ray"] > 0  # --decode gpu's path, decoded here on the CPU
+    assert "errors" not in result
