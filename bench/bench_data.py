@@ -96,7 +96,7 @@ def _pil_two_step(data, scale, crop, rng):
     img = Image.open(io.BytesIO(data))
     w, h = T.rescaled_size(*img.size, T.draw_scale(rng, scale))
     img.draft("RGB", (w, h))
-    img = np.asarray(img.convert("RGB").resize((w, h), T.RESAMPLE, reducing_gap=None))
+    img = np.asarray(img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
     return T.random_crop_flip(img, crop, rng)
 
 
@@ -108,12 +108,12 @@ def _pil_window(data, scale, crop, rng):
     img = np.asarray(img.convert("RGB"))
     sx, sy = img.shape[1] / win.size_s[0], img.shape[0] / win.size_s[1]
     box = (win.x * sx, win.y * sy, (win.x + crop) * sx, (win.y + crop) * sy)
-    return np.asarray(Image.fromarray(img).resize((crop, crop), T.RESAMPLE, box=box, reducing_gap=None))
+    return np.asarray(Image.fromarray(img).resize((crop, crop), Image.Resampling.BILINEAR, box=box, reducing_gap=None))
 
 
 def _torchvision_window(data, scale, crop, rng):
-    """torchvision.io.decode_jpeg (libjpeg-turbo, no DCT scaling), rescale with antialias, crop: the device
-    path run on a CPU."""
+    """torchvision.io.decode_jpeg (libjpeg-turbo, no DCT scaling), box reduction, the window's bilinear
+    samples (grid_sample): the device path run on a CPU."""
     from vgg_ray.device_decode import decode_windows, window_array
 
     win = T.train_window(T.image_size(data), scale, crop, rng)
@@ -127,9 +127,9 @@ def decoder_table(images: list[bytes], scale, crop, repeat: int = 3) -> list[dic
         "peer: Pillow loader + v2 Resize/RandomCrop/Flip": lambda d, rng: tf(Image.open(io.BytesIO(d)).convert("RGB")),
         "Pillow (draft), rescale whole image, crop": lambda d, rng: _pil_two_step(d, scale, crop, rng),
         "Pillow (draft), resample the window only": lambda d, rng: _pil_window(d, scale, crop, rng),
-        "torchvision decode_jpeg + antialiased resize (device path on CPU)":
+        "torchvision decode_jpeg + grid_sample window (device path on CPU)":
             lambda d, rng: _torchvision_window(d, scale, crop, rng),
-        "ours: simplejpeg (DCT 1/2^k), resample the window only": lambda d, rng: T.train_sample(d, scale, crop, rng),
+        "ours: simplejpeg (DCT 1/2^k) + OpenCV bilinear, window only": lambda d, rng: T.train_sample(d, scale, crop, rng),
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core

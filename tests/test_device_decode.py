@@ -3,6 +3,8 @@ same windows, and undecodable images come out as not ok."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 
@@ -21,7 +23,7 @@ def test_device_path_renders_the_cpu_paths_crops():
         assert images.dtype == torch.uint8 and images.shape == (len(datas), crop, crop, 3) and ok.all()
         for k, d in enumerate(datas):
             diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], crop).astype(int))
-            assert diff.max() <= 1, (scale, k)  # torch's antialiased bilinear is Pillow's filter
+            assert diff.max() <= 1, (scale, k)  # the same bilinear samples: OpenCV's and grid_sample's
 
 
 def test_unreadable_rows_and_formats_the_device_decoder_cannot_read():
@@ -35,3 +37,26 @@ def test_unreadable_rows_and_formats_the_device_decoder_cannot_read():
     assert not images[1].any() and not images[3].any()
     assert np.abs(images[2].numpy().astype(int) - T.render_window(png, win, 32).astype(int)).max() <= 1
     assert np.abs(images[0].numpy().astype(int) - images[2].numpy().astype(int)).mean() < 2
+
+
+def test_device_path_reduces_large_images_as_the_dct_decoder_does():
+    # 1100-1600 px JPEGs: the CPU decoder decodes them at 1/4 or 1/2 size in the DCT domain; the device
+    # path decodes them whole and box-reduces by the same factor. Not bit-identical (a scaled IDCT is
+    # not a box filter), but the same crops: within a level on average, off by more than 8 levels at
+    # sharp edges only.
+    from vgg_ray.imagenet import demo
+
+    rng = np.random.default_rng(7)
+    datas = []
+    for i in range(4):
+        buf = io.BytesIO()
+        demo.render(i, rng, (1100, 1600)).save(buf, format="JPEG", quality=90)
+        datas.append(buf.getvalue())
+    for scale in ((256, 256), (256, 512)):
+        wins = [T.train_window(T.image_size(d), scale, 224, np.random.default_rng([k, 5]))
+                for k, d in enumerate(datas)]
+        assert all(T.decode(d, w.size_s).shape[1] < T.image_size(d)[0] for d, w in zip(datas, wins, strict=True))
+        images, ok = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), 224, "cpu")
+        for k, d in enumerate(datas):
+            diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], 224).astype(int))
+            assert diff.mean() < 1.0 and (diff > 8).mean() < 0.01, (scale, k, diff.mean(), (diff > 8).mean())

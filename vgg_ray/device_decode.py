@@ -1,7 +1,10 @@
 """§3.1's training crops decoded where the model trains: the JPEG bytes and the windows drawn on the CPU
 (vgg_ray.transforms.train_window) travel to the train worker, which decodes the batch on its device
-(nvJPEG through torchvision on a GPU), rescales each image with antialiasing, crops and flips there. Pure
-PyTorch; the same code runs on the CPU, which is how the tests check it against the CPU path.
+(nvJPEG through torchvision on a GPU), and samples each window there as the CPU path does: a box
+reduction by 2, 4 or 8 where the CPU decoder would have scaled in the DCT domain, then bilinear samples
+at OpenCV's pixel positions (vgg_ray.transforms.resample_window), all windows' sampling grids built at
+once on the host. Pure PyTorch; the same code runs on the CPU, which is how the tests check it against
+the CPU path.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from vgg_ray.transforms import UndecodableImage, Window, render_window
+from vgg_ray.transforms import UndecodableImage, Window, _dct_size, render_window
 
 WINDOW_FIELDS = 5  # a window as int32: w_S, h_S, x, y, flip
 
@@ -52,23 +55,56 @@ def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, ok: np.ndarray, cro
     """
     device = torch.device(device)
     n = len(jpegs)
-    out = torch.zeros(n, crop, crop, 3, dtype=torch.uint8, device=device)
+    out = torch.zeros(n, 3, crop, crop, dtype=torch.float32, device=device)
     good = torch.as_tensor(np.asarray(ok, dtype=bool)).clone()
     idx = [i for i in range(n) if good[i]]
     images = _decode_all([torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in idx], device)
+    sources, rows = [], []
     for i, img in zip(idx, images, strict=True):
         win = _window(wins[i])
         if img is None:
             try:
-                out[i] = torch.tensor(render_window(jpegs[i], win, crop), device=device)
+                out[i] = torch.as_tensor(render_window(jpegs[i], win, crop).copy()).to(device).permute(2, 0, 1)
             except UndecodableImage:
                 good[i] = False
             continue
-        w, h = win.size_s
-        # bilinear with antialiasing, as Pillow's resize: the filter widens with the downscale factor
-        scaled = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True,
-                               align_corners=False)[0, :, win.y:win.y + crop, win.x:win.x + crop]
-        if win.flip:
-            scaled = scaled.flip(-1)
-        out[i] = scaled.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
-    return out, good.to(device)
+        sources.append(_dct_like(img, win.size_s))
+        rows.append(i)
+    if rows:
+        grids = torch.from_numpy(_grids([(wins[i], src.shape[-1], src.shape[-2]) for i, src in zip(rows, sources,
+                                                                                                    strict=True)],
+                                        crop)).to(device, non_blocking=True)
+        for k, (i, src) in enumerate(zip(rows, sources, strict=True)):
+            out[i] = F.grid_sample(src[None], grids[k:k + 1], mode="bilinear", padding_mode="border",
+                                   align_corners=True)[0]
+    images = out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return images, good.to(device)
+
+
+def _dct_like(img: torch.Tensor, size_s: tuple[int, int]) -> torch.Tensor:
+    """img (uint8 CHW, full size) as float, box-reduced by the factor the CPU decoder would have decoded
+    at (transforms.decode: 1/2, 1/4 or 1/8 in the DCT domain, while still >= size_s)."""
+    x = img.float()
+    h, w = img.shape[-2:]
+    mw, _ = _dct_size((w, h), size_s)
+    if mw:
+        f = round(w / mw)
+        f = 1 << (f.bit_length() - 1)  # 2, 4 or 8
+        x = F.avg_pool2d(x[None], f, ceil_mode=True)[0]
+    return x
+
+
+def _grids(rows: list[tuple[np.ndarray, int, int]], crop: int) -> np.ndarray:
+    """grid_sample's [N, crop, crop, 2] grids (align_corners=True) for (window row, source w, source h):
+    transforms.resample_window's sampling positions, normalised to [-1, 1] over each source."""
+    u = np.arange(crop, dtype=np.float64) + 0.5
+    out = np.empty((len(rows), crop, crop, 2), dtype=np.float32)
+    for k, (row, sw, sh) in enumerate(rows):
+        w, h, x, y, flip = (int(v) for v in row)
+        xs = (x + u) * (sw / w) - 0.5
+        ys = (y + u) * (sh / h) - 0.5
+        if flip:
+            xs = xs[::-1]
+        out[k, :, :, 0] = (xs / max(sw - 1, 1) * 2 - 1)[None, :]
+        out[k, :, :, 1] = (ys / max(sh - 1, 1) * 2 - 1)[:, None]
+    return out

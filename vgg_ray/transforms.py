@@ -2,23 +2,32 @@
 
 CPU side (per image, inside Ray Data tasks): S, the crop window and the flip are drawn from the image's
 header; the decoder scales in the DCT domain and only the window is resampled (render_window), producing
-uint8 HWC arrays. Device side (per batch, on the training GPU): §3.1's PCA colour shift and
-§2.1's mean subtraction, on float NCHW tensors.
+uint8 HWC arrays.
+
+The rescale is bilinear without an antialiasing filter, as Caffe's image I/O does it (OpenCV's
+INTER_LINEAR; the paper's implementation was derived from Caffe, §3.3). The decoder's DCT scaling first
+brings any image to less than twice the target size, so every shrink is by a factor in (0.5, 1], where
+bilinear's two taps per axis still see every source pixel. OpenCV samples a window in a fraction of
+the time of an antialiased resize (bench/README.md, "Decoders").
+
+Device side (per batch, on the training GPU): §3.1's PCA colour shift and §2.1's mean subtraction, on
+float NCHW tensors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import simplejpeg
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-RESAMPLE = Image.Resampling.BILINEAR
+# Per-image work runs one image per process (Ray Data tasks, DataLoader workers, evaluation actors):
+# OpenCV's own thread pool would only contend with the other processes for the cores.
+cv2.setNumThreads(1)
 # What PIL raises on bytes that are not a readable image: truncated or empty files, HTML saved as .JPEG,
 # decompression bombs. (SyntaxError too: PIL's parsers raise it on malformed headers.)
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -85,12 +94,12 @@ def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
 
 def decode_rescaled(data: bytes, smallest_side: int) -> np.ndarray:
     """The whole image rescaled isotropically so that its smallest side is `smallest_side`; uint8 HWC
-    (§3.2's test images at scale Q)."""
+    (§3.2's test images at scale Q). Bilinear, after the decoder's DCT scaling (module docstring)."""
     w, h = rescaled_size(*image_size(data), smallest_side)
     img = decode(data, (w, h))
     if img.shape[:2] == (h, w):
         return img
-    return np.asarray(Image.fromarray(img).resize((w, h), RESAMPLE, reducing_gap=None))
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 # ---- §3.1's training crops and the validation centre crop, drawn as windows ----
@@ -129,41 +138,23 @@ def centre_window(size: tuple[int, int], scale: int, crop: int) -> Window:
 
 
 def render_window(data: bytes, win: Window, crop: int) -> np.ndarray:
-    """The window's crop x crop pixels, uint8 HWC: the same pixels as rescaling the whole image to
-    `win.size_s` with an antialiased bilinear filter and cropping (within rounding), for less work.
+    """The window's crop x crop pixels, uint8 HWC: the pixels of rescaling the whole image to `win.size_s`
+    and cropping (within rounding), for the work of the window alone. The decoder scales in the DCT
+    domain when it can (decode); OpenCV then samples the window's pixels bilinearly, at the positions
+    OpenCV's whole-image resize would (pixel centres, edges replicated)."""
+    return np.ascontiguousarray(resample_window(decode(data, win.size_s), win, crop))
 
-    The decoder scales in the DCT domain when it can (decode). Then, when the image is to be shrunk,
-    torch's uint8 antialiased bilinear rescales it whole (about half the time of Pillow's resize, with
-    Pillow's filter); when it is to be enlarged (S = 512 makes a 683x512 image for a 224x224 crop),
-    Pillow resamples the window's box alone, the same filter, taps and pixel centres as the whole image.
-    """
-    img = decode(data, win.size_s)
+
+def resample_window(img: np.ndarray, win: Window, crop: int) -> np.ndarray:
+    """`win` of `img` (uint8 HWC, any size: the decoder's output) rescaled to win.size_s: output pixel
+    (u, v) samples the source at ((x + u + 0.5) * sx - 0.5, (y + v + 0.5) * sy - 0.5), sx and sy being
+    the source's size over win.size_s, as OpenCV's INTER_LINEAR resize does. Flipped when win.flip."""
     (w, h), (dh, dw) = win.size_s, img.shape[:2]
-    if w * h <= dw * dh:
-        x = torch.from_numpy(img).permute(2, 0, 1)[None]  # a channels_last view: torch's uint8 fast path
-        with _one_thread():
-            scaled = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        out = scaled[0, :, win.y:win.y + crop, win.x:win.x + crop].permute(1, 2, 0).numpy()
-    else:
-        sx, sy = dw / w, dh / h
-        box = (win.x * sx, win.y * sy, (win.x + crop) * sx, (win.y + crop) * sy)
-        out = np.asarray(Image.fromarray(img).resize((crop, crop), RESAMPLE, box=box, reducing_gap=None))
-    return np.ascontiguousarray(out[:, ::-1] if win.flip else out)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Per-image work runs one image per process (Ray Data tasks, DataLoader workers): torch's intra-op
-    threads would only contend with the other processes for the cores."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    sx, sy = dw / w, dh / h
+    inverse = np.array([[sx, 0.0, (win.x + 0.5) * sx - 0.5], [0.0, sy, (win.y + 0.5) * sy - 0.5]])
+    out = cv2.warpAffine(img, inverse, (crop, crop), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return out[:, ::-1] if win.flip else out
 
 
 def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator) -> np.ndarray:
