@@ -64,7 +64,7 @@ def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, ok: np.ndarray, cro
         win = _window(wins[i])
         if img is None:
             try:
-                out[i] = torch.as_tensor(render_window(jpegs[i], win, crop).copy()).to(device).permute(2, 0, 1)
+                out[i] = torch.as_tensor(render_window(jpegs[i], win, crop)).to(device).permute(2, 0, 1)
             except UndecodableImage:
                 good[i] = False
             continue

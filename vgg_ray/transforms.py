@@ -137,33 +137,39 @@ def centre_window(size: tuple[int, int], scale: int, crop: int) -> Window:
     return Window((w, h), (w - crop) // 2, (h - crop) // 2, False)
 
 
-def render_window(data: bytes, win: Window, crop: int) -> np.ndarray:
+def render_window(data: bytes, win: Window, crop: int, out: np.ndarray | None = None) -> np.ndarray:
     """The window's crop x crop pixels, uint8 HWC: the pixels of rescaling the whole image to `win.size_s`
     and cropping (within rounding), for the work of the window alone. The decoder scales in the DCT
     domain when it can (decode); OpenCV then samples the window's pixels bilinearly, at the positions
-    OpenCV's whole-image resize would (pixel centres, edges replicated)."""
-    return np.ascontiguousarray(resample_window(decode(data, win.size_s), win, crop))
+    OpenCV's whole-image resize would (pixel centres, edges replicated). Written into `out` (a
+    contiguous [crop, crop, 3] uint8 array, say a row of a batch) when given."""
+    return resample_window(decode(data, win.size_s), win, crop, out)
 
 
-def resample_window(img: np.ndarray, win: Window, crop: int) -> np.ndarray:
+def resample_window(img: np.ndarray, win: Window, crop: int, out: np.ndarray | None = None) -> np.ndarray:
     """`win` of `img` (uint8 HWC, any size: the decoder's output) rescaled to win.size_s: output pixel
     (u, v) samples the source at ((x + u + 0.5) * sx - 0.5, (y + v + 0.5) * sy - 0.5), sx and sy being
-    the source's size over win.size_s, as OpenCV's INTER_LINEAR resize does. Flipped when win.flip."""
+    the source's size over win.size_s, as OpenCV's INTER_LINEAR resize does; mirrored (u -> crop-1-u)
+    when win.flip, in the same pass. Contiguous, written into `out` when given."""
     (w, h), (dh, dw) = win.size_s, img.shape[:2]
     sx, sy = dw / w, dh / h
-    inverse = np.array([[sx, 0.0, (win.x + 0.5) * sx - 0.5], [0.0, sy, (win.y + 0.5) * sy - 0.5]])
-    out = cv2.warpAffine(img, inverse, (crop, crop), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
-    return out[:, ::-1] if win.flip else out
+    if win.flip:
+        row_x = (-sx, 0.0, (win.x + crop - 0.5) * sx - 0.5)
+    else:
+        row_x = (sx, 0.0, (win.x + 0.5) * sx - 0.5)
+    inverse = np.array([row_x, (0.0, sy, (win.y + 0.5) * sy - 0.5)])
+    return cv2.warpAffine(img, inverse, (crop, crop), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
-def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator) -> np.ndarray:
-    return render_window(data, train_window(image_size(data), train_scale, crop, rng), crop)
+def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    return render_window(data, train_window(image_size(data), train_scale, crop, rng), crop, out)
 
 
-def val_sample(data: bytes, scale: int, crop: int) -> np.ndarray:
+def val_sample(data: bytes, scale: int, crop: int, out: np.ndarray | None = None) -> np.ndarray:
     """The single centre crop used to track validation accuracy during training (not the §3.2 protocol)."""
-    return render_window(data, centre_window(image_size(data), scale, crop), crop)
+    return render_window(data, centre_window(image_size(data), scale, crop), crop, out)
 
 
 # ---- the same, the classic way: rescale the whole image, then crop (the peer's way; kept for tests) ----

@@ -43,15 +43,17 @@ def _row_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 
 def _decode_all(datas, labels, keys, crop: int, with_keys: bool, sample) -> dict:
-    """sample(data, key) per image -> columns image, label, ok (and key); an undecodable image becomes a
-    zero image with ok False, named here (Ray forwards a task's output to the job's log)."""
+    """sample(data, key, row) per image, rendering into its row of the image column -> columns image,
+    label, ok (and key); an undecodable image becomes a zero image with ok False, named here (Ray
+    forwards a task's output to the job's log)."""
     n = len(datas)
     out = {"image": np.zeros((n, crop, crop, 3), np.uint8), "label": np.asarray(labels, dtype=np.int64),
            "ok": np.ones(n, dtype=bool)}
     for i, (data, key) in enumerate(zip(datas, keys, strict=True)):
         try:
-            out["image"][i] = sample(data, str(key))
+            sample(data, str(key), out["image"][i])
         except transforms.UndecodableImage as e:
+            out["image"][i] = 0
             out["ok"][i] = False
             print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
     if with_keys:
@@ -62,8 +64,8 @@ def _decode_all(datas, labels, keys, crop: int, with_keys: bool, sample) -> dict
 def _augment(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int, with_keys: bool) -> dict:
     epoch = _epoch()
     return _decode_all(batch["image"], batch["label"], batch["key"], crop, with_keys,
-                       lambda data, key: transforms.train_sample(data, train_scale_px, crop,
-                                                                 _row_rng(seed, epoch, key)))
+                       lambda data, key, row: transforms.train_sample(data, train_scale_px, crop,
+                                                                      _row_rng(seed, epoch, key), row))
 
 
 def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int, with_keys: bool) -> dict:
@@ -155,7 +157,7 @@ def _val_read(batch: dict, root: str, scale_px: int, crop: int, with_keys: bool)
         t = shards.read_row_group(root, str(path), int(group), ["image", "label", "key"]).slice(int(first), int(n))
         parts.append(_decode_all(t.column("image").to_pylist(), t.column("label").to_pylist(),
                                  t.column("key").to_pylist(), crop, with_keys,
-                                 lambda data, _: transforms.val_sample(data, scale_px, crop)))
+                                 lambda data, _, row: transforms.val_sample(data, scale_px, crop, row)))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
