@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from vgg_ray.transforms import UndecodableImage, Window, _dct_size, render_window
+from vgg_ray.transforms import UndecodableImage, Window, dct_size, render_window
 
 WINDOW_FIELDS = 5  # a window as int32: w_S, h_S, x, y, flip
 
@@ -86,7 +86,7 @@ def _dct_like(img: torch.Tensor, size_s: tuple[int, int]) -> torch.Tensor:
     at (transforms.decode: 1/2, 1/4 or 1/8 in the DCT domain, while still >= size_s)."""
     x = img.float()
     h, w = img.shape[-2:]
-    mw, _ = _dct_size((w, h), size_s)
+    mw, _ = dct_size((w, h), size_s)
     if mw:
         f = round(w / mw)
         f = 1 << (f.bit_length() - 1)  # 2, 4 or 8

@@ -61,7 +61,7 @@ def image_size(data: bytes) -> tuple[int, int]:
         raise UndecodableImage(f"{type(e).__name__}: {e}") from None
 
 
-def _dct_size(size: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
+def dct_size(size: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
     """The smallest of 1/2, 1/4, 1/8 of `size` that is still >= min_size, or (0, 0) for full size.
     libjpeg-turbo's other scales (the eighths between) decode slower than full size (bench/README.md)."""
     (w, h), (mw, mh) = size, min_size
@@ -79,7 +79,7 @@ def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
     cannot read (CMYK, PNG, a broken stream) goes to Pillow. Raises UndecodableImage when neither can."""
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-        mw, mh = _dct_size((w, h), min_size)
+        mw, mh = dct_size((w, h), min_size)
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=mw, min_height=mh)
     except ValueError:
         pass
