@@ -10,6 +10,9 @@
 #   bash bench/gpu_figures.sh job     # jobs/train.py --arch D --preset paper, --decode cpu then gpu
 #
 # Several stages in one call: bash bench/gpu_figures.sh train data eval
+# Knobs (environment): STAGE_S (each stage's time limit, 590 s), ARCHS ("D E"), BENCH_PATHS (the train
+# stage's --paths), BENCH_ARGS (its extra flags; default --project-scaling), EPOCHS (the job stage's
+# --max-epochs, 8), DECODES (its --decode values, "cpu gpu"), OUT (where logs and JSON go).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -43,7 +46,7 @@ job() {
 for s in "$@"; do
   case "$s" in
     train) for a in ${ARCHS:-D E}; do stage "train-$a" $py -m bench.bench_train --preset paper --data photos \
-             --arch "$a" --paths ${PATHS_:-synthetic,ray,ray-gpu,peer} ${BENCH_ARGS:---project-scaling} --procs "$cpus" \
+             --arch "$a" --paths ${BENCH_PATHS:-synthetic,ray,ray-gpu,peer} ${BENCH_ARGS:---project-scaling} --procs "$cpus" \
              --out "$out/train-$a.json"; done ;;
     ablate) stage ablate $py -m bench.bench_train --preset paper --data photos --arch D,E --paths synthetic \
               --ablate --out "$out/ablate.json" ;;
