@@ -34,6 +34,13 @@ def _window(row) -> Window:
 
 def _decode_all(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Each JPEG as RGB uint8 CHW on `device`; one batched call, or one by one when the batch fails."""
+    if device.type == "cuda":
+        # nvJPEG's hardware engine (A100, H100) writes its output before the work already queued on the
+        # stream has run, into blocks the caching allocator may have just handed back from tensors that
+        # queued kernels still read: silent corruption, NaN losses in code that never touched the
+        # decoder (pytorch/vision#9606, meta-pytorch/torchcodec#1634). Drain the stream first. The
+        # bench's --decode gpu path ended in NaN losses on an H100 on 2026-11-22 without this.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return list(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
