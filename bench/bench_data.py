@@ -150,23 +150,33 @@ def decoder_table(images: list[bytes], scale, crop, repeat: int = 3) -> list[dic
     return rows
 
 
-def gpu_decode_rate(images: list[bytes], scale, crop, batch: int = 256, repeat: int = 5) -> float | None:
-    """Images/s of vgg_ray.device_decode on this machine's GPU (nvJPEG), batches of `batch`; None without."""
+def gpu_decode_rates(images: list[bytes], scale, crop, batch: int = 256, repeat: int = 5) -> dict:
+    """Images/s on this machine's GPU, batches of `batch`: vgg_ray.device_decode's whole path
+    (gpu_decode_img_s), and nvJPEG's batched decode alone (gpu_nvjpeg_img_s, its ceiling). Empty without
+    a GPU."""
     if not torch.cuda.is_available():
-        return None
+        return {}
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     from vgg_ray.device_decode import decode_windows, window_array
 
     rng = np.random.default_rng(0)
     datas = [images[i % len(images)] for i in range(batch)]
     wins = window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
     ok = np.ones(batch, bool)
-    decode_windows(datas, wins, ok, crop, "cuda")
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        decode_windows(datas, wins, ok, crop, "cuda")
-    torch.cuda.synchronize()
-    return repeat * batch / (time.perf_counter() - t0)
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+
+    def rate(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+        return repeat * batch / (time.perf_counter() - t0)
+
+    return {"gpu_decode_img_s": rate(lambda: decode_windows(datas, wins, ok, crop, "cuda")),
+            "gpu_nvjpeg_img_s": rate(lambda: decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cuda"))}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             for scale in scales:
                 entry = {"train_scale_px": list(scale), "decoders": decoder_table(images, scale, crop),
-                         "gpu_decode_img_s": gpu_decode_rate(images, scale, crop)}
+                         "gpu_decode_img_s": None, **gpu_decode_rates(images, scale, crop)}
                 runs = {"ours": ours(root, scale, crop, args) if "ours" in pipelines else None,
                         "peer": peer(train_dir, scale, crop, args) if "peer" in pipelines else None}
                 rates = {k: [] for k, v in runs.items() if v}
@@ -231,6 +241,7 @@ def print_tables(result: dict) -> None:
             print(f"  {d['decoder']:<68}{d['img_s_per_core']:>8.0f}")
         if e["gpu_decode_img_s"]:
             print(f"  {'device path on this GPU (nvJPEG, batches of 256)':<68}{e['gpu_decode_img_s']:>8.0f}")
+            print(f"  {'  of which nvJPEG alone could decode':<68}{e['gpu_nvjpeg_img_s']:>8.0f}")
         for k, v in e.get("median_img_s", {}).items():
             print(f"  pipeline {k:<59}{v:>8.1f}  rounds {' '.join(f'{x:.0f}' for x in e['rounds'][k])}")
         if "ratio_ours_over_peer" in e:

@@ -179,7 +179,7 @@ def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device,
 
 def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int,
                 on_device: bool = False):
-    from vgg_ray.device_decode import decode_windows
+    from vgg_ray.device_decode import decode_batch
     from vgg_ray.distributed import data
 
     ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed, on_device=on_device)
@@ -187,8 +187,8 @@ def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, p
         if on_device:  # as vgg_ray.distributed.train_loop.batches does with --decode gpu
             for b in ds.iter_batches(batch_size=batch, drop_last=True, batch_format="numpy",
                                      prefetch_batches=prefetch):
-                images, _ = decode_windows(b["jpeg"], b["win"], b["ok"], cfg.crop_size, device)
-                yield images, torch.as_tensor(b["label"]).to(device, non_blocking=True)
+                d = decode_batch(b, cfg.crop_size, device)
+                yield d["image"], d["label"]
             continue
         for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(device),
                                        prefetch_batches=prefetch, pin_memory=device.type == "cuda"):

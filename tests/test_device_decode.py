@@ -8,8 +8,9 @@ import io
 import numpy as np
 import torch
 
+from vgg_ray import device_decode
 from vgg_ray import transforms as T
-from vgg_ray.device_decode import decode_windows, window_array
+from vgg_ray.device_decode import decode_batch, decode_windows, window_array
 
 from .test_transforms import jpeg, photos, smooth_image
 
@@ -24,6 +25,21 @@ def test_device_path_renders_the_cpu_paths_crops():
         for k, d in enumerate(datas):
             diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], crop).astype(int))
             assert diff.max() <= 1, (scale, k)  # the same bilinear samples: OpenCV's and grid_sample's
+
+
+def test_a_batch_in_several_chunks_with_a_failed_row_keeps_each_image_in_its_row(monkeypatch):
+    # batches are sampled CHUNK windows at a time; rows the device decoder skipped stay where they are
+    datas = photos()[:7]
+    wins = [T.train_window(T.image_size(d), (256, 512), 224, np.random.default_rng([k, 9])) for k, d in enumerate(datas)]
+    whole, _ = decode_windows(datas, window_array(wins), np.ones(7, bool), 224, "cpu")
+    monkeypatch.setattr(device_decode, "CHUNK", 3)
+    ok = np.ones(7, bool)
+    ok[4] = False
+    batch = decode_batch({"jpeg": datas, "win": window_array(wins), "ok": ok, "label": np.arange(10, 17)}, 224, "cpu")
+    assert batch["label"].tolist() == list(range(10, 17)) and batch["ok"].tolist() == ok.tolist()
+    assert not batch["image"][4].any()
+    keep = [k for k in range(7) if k != 4]
+    assert (batch["image"][keep].int() - whole[keep].int()).abs().max() <= 1  # each chunk pads to its own size
 
 
 def test_unreadable_rows_and_formats_the_device_decoder_cannot_read():

@@ -178,6 +178,9 @@ def test_decoder_scales_in_the_dct_domain_only_by_powers_of_two():
     assert T.decode(data, (240, 160)).shape == (160, 240, 3)  # 1/2
     assert T.decode(data, (100, 70)).shape == (80, 120, 3)  # 1/4: the smallest still >= (100, 70)
     assert T.decode(data, (241, 100)).shape == (320, 480, 3)  # 1/2 would be too small: full size
+    # the factor the device path box-reduces by, and the sizes libjpeg-turbo decodes at (rounded up)
+    assert [T.dct_factor((481, 321), m) for m in ((0, 0), (242, 100), (241, 161), (100, 70), (10, 10))] == [1, 1, 2, 4, 8]
+    assert T.dct_size((481, 321), (100, 70)) == (121, 81) and T.dct_size((481, 321), (242, 100)) == (0, 0)
     full = T.decode(data).astype(int)
     assert np.abs(T.decode(jpeg(smooth_image(480, 320), "RGB", "PNG")).astype(int) - full).mean() < 2  # Pillow
     cmyk = T.decode(jpeg(smooth_image(480, 320), "CMYK"))  # simplejpeg cannot: Pillow can

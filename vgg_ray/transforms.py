@@ -61,16 +61,23 @@ def image_size(data: bytes) -> tuple[int, int]:
         raise UndecodableImage(f"{type(e).__name__}: {e}") from None
 
 
-def dct_size(size: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
-    """The smallest of 1/2, 1/4, 1/8 of `size` that is still >= min_size, or (0, 0) for full size.
-    libjpeg-turbo's other scales (the eighths between) decode slower than full size (bench/README.md)."""
+def dct_factor(size: tuple[int, int], min_size: tuple[int, int]) -> int:
+    """1, 2, 4 or 8: the largest reduction of `size` (w, h) libjpeg-turbo's DCT scaling makes while the image
+    stays >= min_size (1: full size; also when no minimum is given). Its other scales (the eighths
+    between) decode slower than full size (bench/README.md)."""
     (w, h), (mw, mh) = size, min_size
-    if mw <= 0 or mh <= 0:  # no minimum given: the full image
-        return 0, 0
-    eighths = 8
-    while eighths > 1 and -(-w * eighths // 16) >= mw and -(-h * eighths // 16) >= mh:
-        eighths //= 2
-    return (0, 0) if eighths == 8 else (-(-w * eighths // 8), -(-h * eighths // 8))
+    if mw <= 0 or mh <= 0:
+        return 1
+    f = 1
+    while f < 8 and -(-w // (2 * f)) >= mw and -(-h // (2 * f)) >= mh:
+        f *= 2
+    return f
+
+
+def dct_size(size: tuple[int, int], min_size: tuple[int, int]) -> tuple[int, int]:
+    """The size dct_factor reduces `size` to (rounding up, as libjpeg-turbo does), or (0, 0) for full size."""
+    f = dct_factor(size, min_size)
+    return (0, 0) if f == 1 else (-(-size[0] // f), -(-size[1] // f))
 
 
 def decode(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:

@@ -26,7 +26,7 @@ from vgg_ray import metrics as vmetrics
 from vgg_ray import perf
 from vgg_ray.checkpoints import init_from_source, model_record, save_atomic
 from vgg_ray.config import TrainConfig
-from vgg_ray.device_decode import decode_windows
+from vgg_ray.device_decode import decode_batch
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import board
 from vgg_ray.engine import TrainStep, build_model, validation_counts
@@ -194,8 +194,7 @@ def batches(w: Worker):
         yield from shard.iter_torch_batches(batch_size=share, drop_last=True, device=w.device)
         return
     for b in shard.iter_batches(batch_size=share, drop_last=True, batch_format="numpy"):
-        images, ok = decode_windows(b["jpeg"], b["win"], b["ok"], w.cfg.crop_size, w.device)
-        yield {"image": images, "label": torch.as_tensor(b["label"]).to(w.device, non_blocking=True), "ok": ok}
+        yield decode_batch(b, w.cfg.crop_size, w.device)
 
 
 def validate(w: Worker) -> tuple[int, int, int, int]:
