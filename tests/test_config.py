@@ -37,6 +37,13 @@ def test_flags_override_the_preset_and_keep_its_other_values():
     assert cfg.micro == 16 and parse(TrainConfig, ["--micro-batch", "64"]).micro == 64
 
 
+def test_decode_auto_uses_the_gpus_only_where_the_cpus_cannot_feed_them():
+    auto, gpu, cpu = (parse(TrainConfig, ["--decode", d]) for d in ("auto", "gpu", "cpu"))
+    assert auto.decodes_on_device(True, 4) and not auto.decodes_on_device(True, 16)  # 16 cores fed an H100
+    assert not auto.decodes_on_device(False, 0) and not auto.decodes_on_device(True, float("inf"))
+    assert gpu.decodes_on_device(False, 16) and not cpu.decodes_on_device(True, 1)  # as told
+
+
 def test_an_elastic_run_keeps_the_global_batch_whatever_its_world_size():
     cfg = parse(TrainConfig, ["--workers", "2-4"])
     assert (cfg.min_workers, cfg.max_workers) == (2, 4)

@@ -20,6 +20,11 @@ from vgg_ray.schedule import PLATEAU_THRESHOLD
 from vgg_ray.storage import absolute, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
+# --decode auto decodes on the CPUs from this many CPUs per training GPU. On an H100 node of 2026-11-23
+# (bench/README.md, "Performance table"), 16 cores of Ray Data fed VGG-D at 0.99 of its synthetic
+# ~3,050 images/s, and decoding on the GPU gave 0.72; ours decodes 480-680 images/s per core, so D needs
+# ~5-6.5 busy cores per GPU, and Ray Data's own processes take more.
+AUTO_CPU_DECODE_CPUS_PER_GPU = 8
 
 
 def _f(default, help: str, **meta):
@@ -123,7 +128,8 @@ class TrainConfig(_Config):
     name: str = _f("", "run name under --storage (default: <preset>-S<train scale>); resume by reusing it")
     decode: str = _f("auto", "where training JPEGs are decoded: gpu (nvJPEG on the train workers' device; "
                              "Ray Data's CPUs only draw the crops), cpu (Ray Data's tasks), or auto (gpu when "
-                             "training on GPUs)", choices=["auto", "gpu", "cpu"])
+                             f"training on GPUs with fewer than {AUTO_CPU_DECODE_CPUS_PER_GPU} CPUs per GPU in "
+                             "the cluster, else cpu)", choices=["auto", "gpu", "cpu"])
     shared_fs: bool = _f(False, "--storage and --data are local paths that every node of the cluster mounts "
                                 "(NFS, a FUSE bucket); without it a multi-node cluster needs URIs")
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
@@ -164,6 +170,13 @@ class TrainConfig(_Config):
         if not self.name:
             lo, hi = self.train_scale
             self.name = f"{self.preset}-S{lo}" + (f"-{hi}" if hi != lo else "")
+
+    def decodes_on_device(self, use_gpu: bool, cpus_per_gpu: float) -> bool:
+        """Whether training JPEGs are decoded on the train workers' devices (--decode; see
+        AUTO_CPU_DECODE_CPUS_PER_GPU for auto)."""
+        if self.decode != "auto":
+            return self.decode == "gpu"
+        return use_gpu and cpus_per_gpu < AUTO_CPU_DECODE_CPUS_PER_GPU
 
     def differences(self, saved: dict) -> list[str]:
         """The flags whose values differ from a run's saved config.json, among those that decide what is

@@ -46,6 +46,15 @@ def gpu_capacity() -> int:
     return max(up, int(min(limits.get("GPU", 0), 2**31)))
 
 
+def cpus_per_gpu() -> float:
+    """The cluster's CPUs per GPU, counting what its autoscaler can add as gpu_capacity does (inf without
+    GPUs): how many cores Ray Data has to decode for each training GPU."""
+    limits = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    cpus = max(ray.cluster_resources().get("CPU", 0), min(limits.get("CPU", 0), 2**31))
+    gpus = gpu_capacity()
+    return cpus / gpus if gpus else float("inf")
+
+
 def use_gpus(device: str) -> bool:
     """--device auto|gpu|cpu: whether to ask for GPUs. `auto` goes by what the cluster can have, not by
     what is up: autoscaled GPU nodes appear only once a job asks for them."""

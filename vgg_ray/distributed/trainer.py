@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from vgg_ray.config import TrainConfig, check_shared
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import PlateauCallback, start_board
-from vgg_ray.distributed.session import connect, gpu_capacity, node_count, use_gpus
+from vgg_ray.distributed.session import connect, cpus_per_gpu, gpu_capacity, node_count, use_gpus
 from vgg_ray.distributed.train_loop import train_loop_per_worker
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import exists, join, publish_dir
@@ -32,8 +32,7 @@ DONE = "done.json"  # written into a configuration's run directory once its trai
 def _trial(config: dict) -> None:
     cfg = TrainConfig.from_dict(config["cfg"])
     arch_dir = join(config["exp_dir"], cfg.arch)
-    # --decode auto: JPEGs decoded on the training GPUs (nvJPEG) when there are any, else by Ray Data's CPUs
-    on_device = cfg.decode == "gpu" or (cfg.decode == "auto" and config["use_gpu"])
+    on_device = cfg.decodes_on_device(config["use_gpu"], config["cpus_per_gpu"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
@@ -70,20 +69,22 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
     root = resolve_data(first.data)
     exp_dir = first.experiment_dir
     use_gpu = use_gpus(first.device)
+    per_gpu = cpus_per_gpu()
     # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
     lo, hi = first.workers
     # (on CPUs, half of them for the train workers and half for Ray Data's decoding)
     slots = (max(gpu_capacity(), lo) if use_gpu
              else ray.cluster_resources().get("CPU", 1) // (2 * first.cpus_per_worker))
     print(f"training {', '.join(c.arch for c in cfgs)} on {lo if lo == hi else f'{lo} to {hi}'} "
-          f"{'GPU' if use_gpu else 'CPU'} worker(s) each"
+          f"{'GPU' if use_gpu else 'CPU'} worker(s) each, JPEGs decoded on the "
+          f"{'GPUs' if first.decodes_on_device(use_gpu, per_gpu) else 'CPUs'}"
           + ("" if not use_gpu or ray.cluster_resources().get("GPU", 0) >= lo
              else "; waiting for the autoscaler to add GPU nodes"), flush=True)
     archs = [c.arch for c in cfgs]
     board_name, board = start_board()  # this call's own: it ends with it
     space = {
         "cfg": tune.grid_search([c.to_dict() for c in cfgs]),
-        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "board": board_name,
+        "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "cpus_per_gpu": per_gpu, "board": board_name,
     }
     tuner = tune.Tuner(
         # The trial function only drives a TorchTrainer, whose workers request their own CPUs/GPUs
