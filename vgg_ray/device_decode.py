@@ -68,8 +68,11 @@ def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, ok: np.ndarray, cro
     device = torch.device(device)
     if device.type != "cuda":
         return _decode_windows(jpegs, wins, ok, crop, device)
-    caller = torch.cuda.current_stream(device)
-    side = _side_streams.setdefault(device.index or 0, torch.cuda.Stream(device))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    caller = torch.cuda.current_stream(index)
+    if index not in _side_streams:
+        _side_streams[index] = torch.cuda.Stream(index)
+    side = _side_streams[index]
     side.synchronize()
     with torch.cuda.stream(side):
         images, good = _decode_windows(jpegs, wins, ok, crop, device)
