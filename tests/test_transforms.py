@@ -161,6 +161,16 @@ def test_resampling_only_the_window_equals_rescaling_then_cropping(scale, crop):
         assert np.abs(window_first.astype(int) - two_step.astype(int)).max() <= 1, (scale, k)
 
 
+def test_a_crop_is_written_into_the_row_it_is_given_or_refused():
+    data = photos(1)[0]
+    win = T.train_window(T.image_size(data), (256, 512), 64, np.random.default_rng(1))
+    batch = np.zeros((2, 64, 64, 3), np.uint8)
+    T.render_window(data, win, 64, batch[1])
+    assert np.array_equal(batch[1], T.render_window(data, win, 64)) and not batch[0].any()
+    with pytest.raises(ValueError):  # a row that cannot hold the crop is an error, not a silent copy elsewhere
+        T.render_window(data, win, 64, np.zeros((64, 64), np.uint8))
+
+
 def test_windows_follow_section_3_1():
     rng = np.random.default_rng(0)
     wins = [T.train_window((500, 375), (256, 512), 224, rng) for _ in range(4000)]

@@ -165,8 +165,11 @@ def resample_window(img: np.ndarray, win: Window, crop: int, out: np.ndarray | N
     else:
         row_x = (sx, 0.0, (win.x + 0.5) * sx - 0.5)
     inverse = np.array([row_x, (0.0, sy, (win.y + 0.5) * sy - 0.5)])
-    return cv2.warpAffine(img, inverse, (crop, crop), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    res = cv2.warpAffine(img, inverse, (crop, crop), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    if out is not None and res.ctypes.data != out.ctypes.data:
+        out[...] = res  # OpenCV allocates anew, silently, when `out` does not fit; this raises instead
+    return res
 
 
 def train_sample(data: bytes, train_scale: tuple[int, int], crop: int, rng: np.random.Generator,

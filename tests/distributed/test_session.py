@@ -13,6 +13,7 @@ import ray._raylet
 from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
+from vgg_ray.config import TrainConfig
 from vgg_ray.distributed import session
 
 pytestmark = pytest.mark.ray
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_device_follows_what_the_cluster_can_have(ray_local):
     assert not session.use_gpus("auto") and session.gpu_capacity() == 0  # 8 CPUs, no GPU, no autoscaler
+    assert session.cpus_per_gpu() == float("inf")
     assert session.use_gpus("gpu") and not session.use_gpus("cpu")
     # What an autoscaler publishes for a cluster whose GPU nodes scale up from zero (as cluster/aws.yaml):
     # no GPU is up, yet `auto` must ask for GPUs and let the autoscaler add them.
@@ -32,6 +34,8 @@ def test_device_follows_what_the_cluster_can_have(ray_local):
     try:
         assert ray.cluster_resources().get("GPU", 0) == 0
         assert session.use_gpus("auto") and session.gpu_capacity() == 32
+        # 96 CPUs per 8 GPUs, as the node types of cluster/aws.yaml: --decode auto decodes on the CPUs there
+        assert session.cpus_per_gpu() == 12 and not TrainConfig().decodes_on_device(True, session.cpus_per_gpu())
     finally:
         _internal_kv_del(key, namespace=ns)
     assert not session.use_gpus("auto")

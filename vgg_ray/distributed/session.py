@@ -38,21 +38,24 @@ def node_count() -> int:
     return max(alive, 2) if config is not None and config.node_group_configs else alive
 
 
-def gpu_capacity() -> int:
-    """GPUs the cluster has or can have: those up now, or, under an autoscaler, the most its node types
-    can add (what Ray Train checks a request against). 0 on a cluster without GPUs."""
-    up = int(ray.cluster_resources().get("GPU", 0))
+def _capacity(resource: str) -> float:
+    """How much of `resource` the cluster has or can have: what is up now, or, under an autoscaler, the
+    most its node types can add (what Ray Train checks a request against)."""
+    up = ray.cluster_resources().get(resource, 0)
     limits = ray._private.state.state.get_max_resources_from_cluster_config() or {}
-    return max(up, int(min(limits.get("GPU", 0), 2**31)))
+    return max(up, min(limits.get(resource, 0), 2**31))
+
+
+def gpu_capacity() -> int:
+    """GPUs the cluster has or can have (_capacity). 0 on a cluster without GPUs."""
+    return int(_capacity("GPU"))
 
 
 def cpus_per_gpu() -> float:
-    """The cluster's CPUs per GPU, counting what its autoscaler can add as gpu_capacity does (inf without
-    GPUs): how many cores Ray Data has to decode for each training GPU."""
-    limits = ray._private.state.state.get_max_resources_from_cluster_config() or {}
-    cpus = max(ray.cluster_resources().get("CPU", 0), min(limits.get("CPU", 0), 2**31))
+    """The cluster's CPUs per GPU, both counted as _capacity counts them (inf without GPUs): how many
+    cores Ray Data has to decode for each training GPU."""
     gpus = gpu_capacity()
-    return cpus / gpus if gpus else float("inf")
+    return _capacity("CPU") / gpus if gpus else float("inf")
 
 
 def use_gpus(device: str) -> bool:
