@@ -114,10 +114,10 @@ def _pil_window(data, scale, crop, rng):
 def _torchvision_window(data, scale, crop, rng):
     """torchvision.io.decode_jpeg (libjpeg-turbo, no DCT scaling), box reduction, the window's bilinear
     samples (grid_sample): the device path run on a CPU."""
-    from vgg_ray.device_decode import decode_windows, window_array
+    from vgg_ray.device_decode import decode_windows
 
     win = T.train_window(T.image_size(data), scale, crop, rng)
-    return decode_windows([data], window_array([win]), np.ones(1, bool), crop, "cpu")[0][0]
+    return decode_windows([data], T.window_array([win]), np.ones(1, bool), crop, "cpu")[0][0]
 
 
 def decoder_table(images: list[bytes], scale, crop, repeat: int = 3) -> list[dict]:
@@ -158,11 +158,11 @@ def gpu_decode_rates(images: list[bytes], scale, crop, batch: int = 256, repeat:
         return {}
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from vgg_ray.device_decode import decode_windows, window_array
+    from vgg_ray.device_decode import decode_windows
 
     rng = np.random.default_rng(0)
     datas = [images[i % len(images)] for i in range(batch)]
-    wins = window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
+    wins = T.window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
     ok = np.ones(batch, bool)
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
 

@@ -14,7 +14,7 @@ import torch
 
 from bench.common import resolve
 from vgg_ray import transforms as T
-from vgg_ray.device_decode import decode_windows, window_array
+from vgg_ray.device_decode import decode_windows
 from vgg_ray.imagenet import shards
 from vgg_ray.scales import parse_scale, scale_to_px
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> dict:
     t = shards.read_rows(resolve(data), "train", 0, 256, ["image"])
     datas = t.column("image").to_pylist()
     rng = np.random.default_rng(0)
-    wins = window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
+    wins = T.window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
     ok = np.ones(len(datas), bool)
     g, gok = decode_windows(datas, wins, ok, crop, "cuda")
     c, cok = decode_windows(datas, wins, ok, crop, "cpu")

@@ -10,7 +10,8 @@ import torch
 
 from vgg_ray import device_decode
 from vgg_ray import transforms as T
-from vgg_ray.device_decode import decode_batch, decode_windows, window_array
+from vgg_ray.device_decode import decode_batch, decode_windows
+from vgg_ray.transforms import window_array
 
 from .test_transforms import jpeg, photos, smooth_image
 

@@ -57,3 +57,15 @@ def test_only_the_distributed_wing_imports_ray_and_nothing_imports_bench_or_jobs
     assert users and users <= wing
     for path in PACKAGE.rglob("*.py"):
         assert not {m for m in imports(path) if m.split(".")[0] in ("bench", "jobs")}, path
+
+
+def test_ray_datas_decode_tasks_and_the_train_workers_import_no_more_than_they_use():
+    # A Ray Data task process imports vgg_ray.distributed.data for the decode: torch and torchvision cost
+    # ~3 s each per fresh process there, on every node, and it needs neither. A train worker needs torch,
+    # and torchvision (nvJPEG) only for --decode gpu, where device_decode imports it when first used.
+    code = ("import sys\n"
+            "import vgg_ray.distributed.data\n"
+            "assert not {'torch', 'torchvision'} & set(sys.modules), 'the decode tasks import torch'\n"
+            "import vgg_ray.distributed.train_loop, vgg_ray.distributed.evaluate\n"
+            "assert 'torchvision' not in sys.modules, 'the train workers import torchvision'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

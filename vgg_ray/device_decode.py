@@ -13,17 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from vgg_ray.transforms import UndecodableImage, Window, dct_factor, render_window
-
-WINDOW_FIELDS = 5  # a window as int32: w_S, h_S, x, y, flip
-
-
-def window_array(wins: Sequence[Window | None]) -> np.ndarray:
-    """Windows as an int32 [N, 5] column for Ray Data (an undecodable image's row is zeros)."""
-    return np.asarray([(w.size_s[0], w.size_s[1], w.x, w.y, int(w.flip)) if w else (0,) * WINDOW_FIELDS
-                       for w in wins], dtype=np.int32).reshape(-1, WINDOW_FIELDS)
 
 
 def _window(row) -> Window:
@@ -37,6 +28,10 @@ _side_streams: dict[int, torch.cuda.Stream] = {}
 
 def _decode_all(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Each JPEG as RGB uint8 CHW on `device`; one batched call, or one by one when the batch fails."""
+    # Imported here: torchvision's import takes ~3 s (torch._dynamo, through torchvision.ops), in every
+    # process that imports this module (Ray Data's tasks, the train workers), --decode gpu or not.
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         return list(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:

@@ -17,13 +17,17 @@ float NCHW tensors.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import simplejpeg
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 # Per-image work runs one image per process (Ray Data tasks, DataLoader workers, evaluation actors):
 # OpenCV's own thread pool would only contend with the other processes for the cores.
@@ -122,6 +126,15 @@ class Window:
     flip: bool
 
 
+WINDOW_FIELDS = 5  # a window as int32: w_S, h_S, x, y, flip
+
+
+def window_array(wins: Sequence[Window | None]) -> np.ndarray:
+    """Windows as an int32 [N, 5] column for Ray Data (an undecodable image's row is zeros)."""
+    return np.asarray([(w.size_s[0], w.size_s[1], w.x, w.y, int(w.flip)) if w else (0,) * WINDOW_FIELDS
+                       for w in wins], dtype=np.int32).reshape(-1, WINDOW_FIELDS)
+
+
 def draw_scale(rng: np.random.Generator, train_scale: tuple[int, int]) -> int:
     """§3.1: a fixed S, or S drawn uniformly per image from [S_min, S_max] (scale jittering)."""
     s_min, s_max = train_scale
@@ -208,6 +221,8 @@ def to_float_nchw(images: torch.Tensor, mean_rgb: torch.Tensor, std_rgb: torch.T
 
     `std_rgb` divides afterwards; the paper does not (None), torchvision's weights need it.
     """
+    import torch  # here, not above: Ray Data's decode tasks import this module and never need torch (~3 s)
+
     x = images.permute(0, 3, 1, 2).float()
     x = x - mean_rgb.view(1, 3, 1, 1)
     if std_rgb is not None:
@@ -225,6 +240,8 @@ def colour_shift(x: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor, st
     i.e. lambda_01 = lambda / 255^2, and the shift is scaled back to 0-255 levels. On ImageNet that is
     a shift of a few levels (lambda_01 ~ 0.2 -> 0.02 * 255 ~ 5), not hundreds.
     """
+    import torch
+
     n = x.shape[0]
     alpha = torch.randn(n, 3, generator=generator, device="cpu").to(x.device) * std
     lam01 = eigval.to(x.device) / 255.0**2

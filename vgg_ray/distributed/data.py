@@ -19,7 +19,6 @@ import ray
 from ray.data import DataContext, FileShuffleConfig
 
 from vgg_ray import transforms
-from vgg_ray.device_decode import window_array
 from vgg_ray.imagenet import shards
 
 # Images decoded per call of the map function: the read task that holds a shard's rows decodes them in
@@ -81,7 +80,7 @@ def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed:
             wins.append(None)
             ok[i] = False
             print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
-    out = {"jpeg": np.asarray(list(batch["image"]), dtype=object), "win": window_array(wins),
+    out = {"jpeg": np.asarray(list(batch["image"]), dtype=object), "win": transforms.window_array(wins),
            "label": np.asarray(batch["label"], dtype=np.int64), "ok": ok}
     if with_keys:
         out["key"] = np.asarray([str(k) for k in batch["key"]], dtype=object)
