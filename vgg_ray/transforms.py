@@ -181,7 +181,7 @@ def resample_window(img: np.ndarray, win: Window, crop: int, out: np.ndarray | N
     res = cv2.warpAffine(img, inverse, (crop, crop), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
     if out is not None and res.ctypes.data != out.ctypes.data:
-        out[...] = res  # OpenCV allocates anew, silently, when `out` does not fit; this raises instead
+        out[...] = res  # OpenCV wrote a new array, silently: copy it in, or raise if `out` cannot hold it
     return res
 
 
