@@ -62,6 +62,28 @@ def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards)
     assert [k for k, _, _ in rows(other)] != order[0]
 
 
+def test_small_shards_are_read_several_to_a_task_as_long_as_every_cpu_gets_two_tasks():
+    assert data.TASK_IMAGES == 1024
+    assert data.files_per_task(32, 10_000, cpus=2) == 4  # 312 photos a shard: 4 reach 1024 images
+    assert data.files_per_task(32, 10_000, cpus=16) == 1  # 32 tasks, 2 per CPU: no grouping
+    assert data.files_per_task(32, 10_000, cpus=6) == 2  # grouping stops at two tasks per CPU
+    assert data.files_per_task(560, 1_281_167, cpus=2) == 1  # converter shards: ~2,300 images each
+    assert data.files_per_task(8, 203, cpus=0) == 1  # no CPUs known (not connected): one file a task
+
+
+def test_grouped_reads_give_the_same_rows_in_the_same_order(ray_local, demo_shards, monkeypatch):
+    def epoch_rows(cpus):
+        monkeypatch.setattr(data.session, "cpu_capacity", lambda: cpus)
+        ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True)
+        return rows(ds), ds.stats()
+
+    (alone, stats_alone), (grouped, stats_grouped) = epoch_rows(0.0), epoch_rows(2.0)
+    assert grouped == alone  # same keys, labels and pixels, in the same order
+    # 8 shards, 2 CPUs: 4 fused read+decode tasks of 2 shards each, instead of 8
+    assert "ReadParquet->MapBatches(_augment): 8 tasks executed" in stats_alone
+    assert "ReadParquet->MapBatches(_augment): 4 tasks executed" in stats_grouped
+
+
 def test_decode_on_device_carries_the_same_draws(ray_local, demo_shards):
     # --decode gpu: Ray Data passes the JPEG bytes and each image's window; the windows are the draws the
     # CPU path renders, so rendering them (as the device path does, here on the CPU) gives its images.

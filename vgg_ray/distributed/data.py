@@ -19,6 +19,7 @@ import ray
 from ray.data import DataContext, FileShuffleConfig
 
 from vgg_ray import transforms
+from vgg_ray.distributed import session
 from vgg_ray.imagenet import shards
 
 # Images decoded per call of the map function: the read task that holds a shard's rows decodes them in
@@ -26,9 +27,23 @@ from vgg_ray.imagenet import shards
 # stays bounded whatever the shard size (bench/README.md, "Pipeline settings").
 MAP_BATCH = 128
 BLOCK_BYTES = 16 * 2**20  # Ray Data's target block size for the training stream (train_dataset)
+# Fewest images a training read task is given when the shards are smaller: each task costs its CPU
+# ~0.25 s between the end of one shard and the next's first slice (Ray Data's completion poll, the
+# next read). Converter shards (256 MB: ~2,300 ImageNet images) are one per task already.
+TASK_IMAGES = 1024
 
 
 # ---- training ----
+
+def files_per_task(n_files: int, n_images: int, cpus: float) -> int:
+    """How many consecutive shard files one training read task reads: enough for TASK_IMAGES images, as
+    long as the cluster's `cpus` (what it has, or what its autoscaler can add) still get two read tasks
+    each. The rows' order stays the same: the tasks read consecutive runs of the epoch's shuffled files."""
+    if n_files <= 0 or n_images <= 0 or cpus <= 0:
+        return 1
+    want = -(-TASK_IMAGES * n_files // n_images)  # ceil(TASK_IMAGES / images per file)
+    return max(1, min(want, int(n_files // (2 * cpus))))
+
 
 def _epoch() -> int:
     # Ray Data counts finished executions of a dataset (its file shuffle reseeds from the same counter:
@@ -123,12 +138,15 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     # every epoch; the V1 reader reads footers inside its read tasks. One read task per file: with fewer
     # than 200 files Ray would otherwise split each read into several blocks, and a split read is not
     # fused with the decode below; two operators then share the CPUs by reservation and the decode gets
-    # half of them. (Figures: bench/README.md, "Pipeline settings".)
+    # half of them. Small shards are read several to a task (files_per_task). (Figures: bench/README.md,
+    # "Pipeline settings".)
+    per_task = files_per_task(len(files), shards.load_manifest(root).get("counts", {}).get("train", 0),
+                              session.cpu_capacity())
     ctx = DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
         ds = ray.data.read_parquet(files, shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True),
-                                   override_num_blocks=len(files))
+                                   override_num_blocks=-(-len(files) // per_task))
     finally:
         ctx.use_datasource_v2 = v2
     ds = ds.select_columns(["image", "label", "key"])

@@ -46,6 +46,11 @@ def _capacity(resource: str) -> float:
     return max(up, min(limits.get(resource, 0), 2**31))
 
 
+def cpu_capacity() -> float:
+    """CPUs the cluster has or can have (_capacity); 0 when this process is not connected to Ray."""
+    return _capacity("CPU") if ray.is_initialized() else 0.0
+
+
 def gpu_capacity() -> int:
     """GPUs the cluster has or can have (_capacity). 0 on a cluster without GPUs."""
     return int(_capacity("GPU"))
