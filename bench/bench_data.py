@@ -20,6 +20,7 @@ Prints tables, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import os
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import peer_transform, resolve, write_images
+from bench.common import peer_transform, resolve, result_path, write_images
 from vgg_ray import transforms as T
 from vgg_ray.imagenet import shards
 from vgg_ray.scales import parse_scale, scale_to_px
@@ -50,7 +51,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="CPU processes for each pipeline")
     p.add_argument("--decoder-images", type=int, default=64, help="images for the per-core decoder table")
     p.add_argument("--pipelines", default="ours,peer", help="comma list of ours, peer (or none: table only)")
-    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON to this file, or to DIR/<date>-<device>-data.json for a DIR/ (auto: bench/results/)")
     return p.parse_args(argv)
 
 
@@ -181,13 +183,16 @@ def gpu_decode_rates(images: list[bytes], scale, crop, batch: int = 256, repeat:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu-{os.cpu_count()}core"
+    date = datetime.date.today().isoformat()
+    out = result_path(args.out, f"{date}-{device}-data")
     root = resolve(args.data)
     crop = args.crop or (32 if args.data == "demo" else 224)
     scales = [tuple(scale_to_px(s, crop) for s in parse_scale(text)) for text in args.scales.split(",")]
     pipelines = [p for p in args.pipelines.split(",") if p in ("ours", "peer")]
     n = min(args.decoder_images, shards.split_rows(root, "train"))
     images = shards.read_rows(root, "train", 0, n, ["image"]).column("image").to_pylist()
-    result = {"bench": "data", "data": args.data, "crop": crop, "procs": args.procs, "batch": args.batch,
+    result = {"bench": "data", "date": date, "device": device, "data": args.data, "crop": crop, "procs": args.procs, "batch": args.batch,
               "seconds": args.seconds, "rounds": args.rounds, "mean_jpeg_kb": round(np.mean([len(d) for d in images]) / 1024, 1),
               "scales": []}
     started_ray = False
@@ -224,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
 
                 ray.shutdown()
     print_tables(result)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
     print(json.dumps(result))
     return result
 

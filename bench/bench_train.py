@@ -28,7 +28,6 @@ import datetime
 import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -41,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import peer_transform, resolve, sync, write_images
+from bench.common import peer_transform, resolve, result_path, sync, write_images
 from vgg_ray import perf, transforms
 from vgg_ray.config import PRESETS, TrainConfig
 from vgg_ray.engine import TrainStep, build_model
@@ -327,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for a in archs}
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    out = result_path(args.out, f"{datetime.date.today().isoformat()}-"
+                                + (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"))
     root = resolve(args.data)
     manifest = shards.load_manifest(root)
     stats = {k: manifest[k] for k in ("mean_rgb", "eigval", "eigvec")}
@@ -405,11 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(result)
-    if args.out:
-        out = Path("bench/results/" if args.out == "auto" else args.out)
-        if args.out.endswith("/") or args.out == "auto" or out.is_dir():
-            out = out / f"{result['date']}-{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower()}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out:
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")
     print(json.dumps(result), flush=True)

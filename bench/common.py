@@ -4,6 +4,7 @@ the peer's per-image transform, as users write it."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,24 @@ from vgg_ray.imagenet import convert, demo, shards
 from vgg_ray.storage import cache_dir
 
 PHOTOS_VERSION = 2  # bump when build_photos or the converter changes what the cached photos hold
+
+
+def result_path(out: str | None, stem: str) -> Path | None:
+    """--out of a benchmark, checked before any work starts: None (no file), a file, or a folder that gets
+    `<stem>.json` (`auto`: bench/results/; a name ending in "/", or an existing folder). Exits with one
+    line naming --out when the folder cannot be made or written to."""
+    if not out:
+        return None
+    path = Path("bench/results/" if out == "auto" else out)
+    if out == "auto" or out.endswith("/") or path.is_dir():
+        path = path / f"{re.sub(r'[^A-Za-z0-9]+', '-', stem).strip('-').lower()}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot make the folder {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise SystemExit(f"--out {out}: the folder {path.parent} is not writable")
+    return path
 
 
 def resolve(data: str) -> str:
