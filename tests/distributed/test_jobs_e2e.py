@@ -128,6 +128,13 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
     rows = read_metrics_csv(tmp_path / "e2e" / "A" / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[-1]["started_at_epoch"] >= 1  # resumed from a checkpoint, not from scratch
+    # The job's log has each line a worker prints once, and each epoch's progress bar ends with its
+    # epoch: none is drawn again once its epoch has reported.
+    log = again.stdout
+    summaries = re.findall(r"\[A\] epoch (\d+): lr", log)
+    assert summaries and len(summaries) == len(set(summaries)), summaries
+    for e in summaries:
+        assert not re.search(rf"\[A\] epoch {e}: +\d+%\|", log[log.index(f"[A] epoch {e}: lr"):]), e
 
     out = tmp_path / "eval"
     ev = submit(head, "jobs/eval_ensemble.py", "--model", f"A={tmp_path / 'e2e' / 'A'}", "--model",

@@ -10,6 +10,7 @@ checkpoint, schedule included; finished configurations return at once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
@@ -29,7 +30,18 @@ from vgg_ray.storage import exists, join, publish_dir
 DONE = "done.json"  # written into a configuration's run directory once its training has ended
 
 
+# Ray Train 2.60 routes a worker's print() to its logger and, since ray-project/ray#61075, also to the
+# original print whenever sys.stdout is not sys.__stdout__, which in a Ray worker it never is: every line
+# a train worker prints reached the job's log twice. Doubled, the progress bars' state messages also
+# broke ray.experimental.tqdm_ray (a second "closed" message brings a finished bar back, never closed
+# again), and every epoch's bar stayed on screen, redrawn with each new line. Ray Train passes this
+# variable from the process that calls fit() to its controller and workers; set it to 1 to have the
+# patch (prints then also go to Ray Train's structured log files).
+PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
 def _trial(config: dict) -> None:
+    os.environ.setdefault(PRINT_PATCH, "0")
     cfg = TrainConfig.from_dict(config["cfg"])
     arch_dir = join(config["exp_dir"], cfg.arch)
     on_device = cfg.decodes_on_device(config["use_gpu"], config["cpus_per_gpu"])
