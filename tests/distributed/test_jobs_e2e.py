@@ -135,6 +135,7 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
     assert summaries and len(summaries) == len(set(summaries)), summaries
     for e in summaries:
         assert not re.search(rf"\[A\] epoch {e}: +\d+%\|", log[log.index(f"[A] epoch {e}: lr"):]), e
+    assert "MapBatches(" not in log  # nor Ray Data's own bars and plans, every epoch from every worker
 
     out = tmp_path / "eval"
     ev = submit(head, "jobs/eval_ensemble.py", "--model", f"A={tmp_path / 'e2e' / 'A'}", "--model",

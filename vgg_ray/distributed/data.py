@@ -159,6 +159,16 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     # Ray's default 128 MiB a shard's crops waited for the end of its task, and so did each epoch's first
     # batch (2.3-2.8 s against 1.0-1.2 s on the bench's photos, bench/README.md "Pipeline settings").
     ds.context.target_max_block_size = BLOCK_BYTES
+    return _quiet(ds)
+
+
+def _quiet(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """No progress bars or start-up lines from Ray Data for this dataset: the train loop reports each
+    epoch in a bar of its own. Ray Data's bars (one per operator, redrawn with every block), forwarded
+    from every train worker and every epoch's execution to the job's log, made the demo's log 115 MB
+    and 3.5 million lines; a finished execution still logs one line."""
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
     return ds
 
 
@@ -206,9 +216,9 @@ def val_dataset(root: str, rank: int, world_size: int, scale_px: int, crop: int,
         raise ValueError(f"val scale {scale_px} px is smaller than the crop {crop}")
     pieces = val_pieces(root, rank, world_size)
     if not pieces:  # more ranks than val images: an empty dataset of the right columns
-        return ray.data.from_items([{"n": 0}]).map_batches(
-            lambda _: _decode_all([], [], [], crop, with_keys, None), batch_format="numpy")
+        return _quiet(ray.data.from_items([{"n": 0}]).map_batches(
+            lambda _: _decode_all([], [], [], crop, with_keys, None), batch_format="numpy"))
     ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
-    return ds.map_batches(_val_read, batch_size=1, batch_format="numpy",
-                          fn_kwargs={"root": root, "scale_px": scale_px, "crop": crop,
-                                     "with_keys": with_keys})
+    return _quiet(ds.map_batches(_val_read, batch_size=1, batch_format="numpy",
+                                 fn_kwargs={"root": root, "scale_px": scale_px, "crop": crop,
+                                            "with_keys": with_keys}))
