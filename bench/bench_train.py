@@ -326,17 +326,16 @@ def main(argv: list[str] | None = None) -> dict:
                 for a in archs}
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    out = result_path(args.out, f"{datetime.date.today().isoformat()}-"
-                                + (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"))
+    on_gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+    out = result_path(args.out, f"{datetime.date.today().isoformat()}-{name}")
     root = resolve(args.data)
     manifest = shards.load_manifest(root)
     stats = {k: manifest[k] for k in ("mean_rgb", "eigval", "eigvec")}
     classes = 1000 if preset == "paper" else manifest["num_classes"]  # the paper's fc8, whatever the data
-    on_gpu = device.type == "cuda"
     if not on_gpu:
         torch.set_num_threads(args.threads)
     settings = perf.configure_backends() if on_gpu else {"threads": args.threads}
-    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     peak = perf.bf16_peak(name) if on_gpu else None
     matmul = (perf.measure_matmul_flops(device) if on_gpu
               else perf.measure_matmul_flops(device, torch.float32, n=1024, repeat=3))

@@ -63,7 +63,6 @@ def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards)
 
 
 def test_small_shards_are_read_several_to_a_task_as_long_as_every_cpu_gets_two_tasks():
-    assert data.TASK_IMAGES == 1024
     assert data.files_per_task(32, 10_000, cpus=2) == 4  # 312 photos a shard: 4 reach 1024 images
     assert data.files_per_task(32, 10_000, cpus=16) == 1  # 32 tasks, 2 per CPU: no grouping
     assert data.files_per_task(32, 10_000, cpus=6) == 2  # grouping stops at two tasks per CPU
