@@ -13,6 +13,16 @@ setup() {
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
   fi
+  # A first install brings torch with its CUDA libraries (~7 GB in the venv, more while pip unpacks):
+  # say so in one line rather than let pip fail half-way with "No space left on device".
+  if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    local free_kb need_gb=10
+    free_kb=$(df -Pk "$venv" | awk 'NR == 2 {print $4}')
+    if [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+      echo "set-up: installing torch into $venv needs ~$need_gb GB free on its disk; $((free_kb / 1024)) MB free" >&2
+      exit 1
+    fi
+  fi
   # torch/torchvision pinned to the builds on this machine's disk (pip takes them from there); on other
   # machines pip fetches the same releases.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
