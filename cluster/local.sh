@@ -53,9 +53,11 @@ demo() {
   runs=${VGG_RAY_DEMO_RUNS:-$root/runs}
   logdir=$(mktemp -d /tmp/vgg_ray_demo.XXXXXX)
   # --block keeps the head in the foreground of this background process: stopping that PID stops exactly
-  # the head this script started, and nothing else running on the machine.
-  ray start --head --block --port="$port" --dashboard-host=127.0.0.1 --dashboard-port="$dash" \
-    --num-cpus=8 --include-dashboard=true >"$logdir/head.log" 2>&1 &
+  # the head this script started, and nothing else running on the machine. On SIGTERM, Ray 2.60 first
+  # drains the node for up to 30 s, for Ray Serve (after the e2e test's jobs it waited all 30 s out):
+  # this head serves nothing, so it stops at once.
+  RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 ray start --head --block --port="$port" --dashboard-host=127.0.0.1 \
+    --dashboard-port="$dash" --num-cpus=8 --include-dashboard=true >"$logdir/head.log" 2>&1 &
   head_pid=$!
   # keep the script's own exit status: the head's TERM status is not the demo's
   trap 'rc=$?; stop_head '"$head_pid"' '"$port"'; exit $rc' EXIT

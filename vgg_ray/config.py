@@ -325,7 +325,8 @@ class EvalConfig(_Config):
     limit: int = _f(0, "evaluate the first N validation images only; 0 = all")
     split: str = _f("val", "the split of --data to evaluate", choices=["val", "train"])
     slice_images: int = _f(0, "images per piece of work; 0 = enough pieces for every actor to stay busy")
-    workers: int = _f(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs")
+    workers: int = _f(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs (fewer "
+                         "when the work is small)")
     cpus_per_worker: int = _f(0, "CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto")
     max_batch: int = _f(250, "crops (or crop-equivalents of pixels, for dense) per forward pass")
     device: str = _f("auto", "auto: GPU actors when the cluster has GPU nodes or can add them, else CPU "

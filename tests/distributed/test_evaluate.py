@@ -14,10 +14,10 @@ import torch
 
 from vgg_ray.checkpoints import load_model, model_record, save_atomic
 from vgg_ray.config import EvalConfig
-from vgg_ray.distributed.evaluate import EvalWorker, plan_pieces, run_pieces
+from vgg_ray.distributed.evaluate import ACTOR_MACS, EvalWorker, plan_pieces, pool_size, run_pieces, work_macs
 from vgg_ray.evaluation import BOTH, DENSE, MULTI_CROP, PosteriorTable, evaluate_images, fusion, topk_errors
 from vgg_ray.imagenet import shards
-from vgg_ray.models import build_vgg
+from vgg_ray.models import build_vgg, forward_macs
 from vgg_ray.transforms import decode_rescaled
 
 from ..jobs import job
@@ -75,6 +75,26 @@ def test_every_image_once_per_model_method_and_scale_with_a_killed_actor(ray_loc
         by_hand = sum(evaluate_images(net, [decode_rescaled(b, px) for b in images], [method],
                                       info["mean_rgb"])[method] for px in scales.values()) / 2
         torch.testing.assert_close(table.posteriors("A", method), by_hand, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_pool_is_sized_by_the_work(ray_local, models):
+    """On CPUs: one actor per 2 CPUs (8 logical here: 4), but a small evaluation gets only the actors its
+    work pays for; an explicit --workers, or a pool of GPUs, is never cut."""
+    net, _ = load_model(models["A"])
+    pieces = plan_pieces(60, {"A": {256: 37, 384: 55}}, (DENSE, MULTI_CROP), slice_images=12)
+    work = work_macs(pieces, {"A": net})
+    # 60 images x 2 Q x (50 crops + 2 whole images of ~4/3 x (px/32)^2 crops each)
+    crop = forward_macs(net, 32)
+    expected = 60 * crop * sum(50 + 2 * 4 / 3 * (px / 32) ** 2 for px in (37, 55))
+    assert work == pytest.approx(expected)
+    cfg = EvalConfig(models={"A": models["A"]}, device="cpu")
+    assert pool_size(cfg, len(pieces)) == (4, {"num_cpus": 2})
+    assert pool_size(cfg, len(pieces), work)[0] == 1  # the tiny net: ~1e8 MACs in all
+    assert pool_size(cfg, len(pieces), 2.5 * ACTOR_MACS)[0] == 3
+    assert pool_size(cfg, len(pieces), 100 * ACTOR_MACS)[0] == 4
+    assert pool_size(cfg, 2, 100 * ACTOR_MACS)[0] == 2  # never more actors than pieces
+    explicit = EvalConfig(models={"A": models["A"]}, device="cpu", workers=3, cpus_per_worker=1)
+    assert pool_size(explicit, len(pieces), work) == (3, {"num_cpus": 1})
 
 
 def test_eval_ensemble_end_to_end_with_two_models(ray_local, demo_shards, models, tmp_path, capsys):

@@ -4,6 +4,7 @@ jobs/reproduce.py's whole chain with the smoke preset."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ def head(tmp_path_factory):
     """`ray start --head --block` as a child process: stopping its PID stops exactly this head."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # as local.sh starts its head
     dash = _port()
     # a fresh machine has no ~/.ray/auth_token, and `ray start` with token auth makes none
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
@@ -46,7 +48,7 @@ def head(tmp_path_factory):
         gcs = _port()
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}",
                                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=8",
-                                 "--include-dashboard=true"], stdout=f, stderr=subprocess.STDOUT, env=env,
+                                 "--include-dashboard=true"], stdout=f, stderr=subprocess.STDOUT, env=head_env,
                                 start_new_session=True)
     env["RAY_ADDRESS"] = f"http://127.0.0.1:{dash}"
     recorded = Path("/tmp/ray/ray_current_cluster")
@@ -62,11 +64,16 @@ def head(tmp_path_factory):
             pytest.fail("the Ray head's job server never answered")
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        # SIGTERM to `ray start` alone, which stops the processes it started (with the drain off, see
+        # local.sh: at once); then anything of its group still alive
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of the head's group is still alive
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         # `ray start` recorded this head as the machine's current cluster: forget it now it is gone
         if recorded.is_file() and recorded.read_text().strip().endswith(f":{gcs}"):
             recorded.unlink()

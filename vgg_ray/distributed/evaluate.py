@@ -30,11 +30,16 @@ from vgg_ray.config import EvalConfig, check_shared
 from vgg_ray.distributed.session import gpu_capacity, node_count, use_gpus
 from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
 from vgg_ray.imagenet import shards
-from vgg_ray.models import ARCHS
+from vgg_ray.models import ARCHS, forward_macs
 from vgg_ray.report import model_meta, result_rows, results_markdown, write_posteriors
 from vgg_ray.scales import resolve_test_scales, scales_px
 from vgg_ray.storage import publish_dir
 from vgg_ray.transforms import UndecodableImage, decode_rescaled
+
+# An evaluation actor on CPUs is started for no less work than this: ~15 s of two cores at the ~1.7e10
+# MACs/s measured here (the README's VGG-D centre-crop rate, 1.12 images/s x 15.5 GMACs), a few times what
+# starting one costs (a process that imports torch, then gets the models: ~5 s on 2 busy cores).
+ACTOR_MACS = 2.5e11
 
 
 class EvalWorker:
@@ -89,34 +94,60 @@ def plan_pieces(n_images: int, scales_by_model: dict[str, dict[int, int]], metho
               for m, qs in scales_by_model.items() for meth in methods for q, px in qs.items()
               for a, b in ranges if b > a]
 
-    def cost(p):  # relative forward cost per image: 50 crops vs. two whole images of ~4/3 x Q^2 pixels
-        return 2 * GRID * GRID if p["method"] == MULTI_CROP else 2 * 4 / 3 * (p["scale_px"] / 224) ** 2
-    pieces.sort(key=lambda p: -cost(p) * (p["stop"] - p["start"]))
+    pieces.sort(key=lambda p: -crop_forwards(p) * (p["stop"] - p["start"]))
     for i, p in enumerate(pieces):
         p["index"] = i
     return pieces
 
 
-def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type) -> list:
-    res = ray.cluster_resources()
+def crop_forwards(piece: dict, crop: int = 224) -> float:
+    """A piece's forward cost per image, in forwards of one crop: 50 crops, or two whole images
+    (and their flips) of ~4/3 x Q^2 pixels."""
+    if piece["method"] == MULTI_CROP:
+        return 2 * GRID * GRID
+    return 2 * 4 / 3 * (piece["scale_px"] / crop) ** 2
+
+
+def work_macs(pieces: list[dict], models: dict) -> float:
+    """Multiply-accumulates the pieces take in all, from each model's cost of one crop."""
+    per_crop = {name: (forward_macs(m, m.crop_size), m.crop_size) for name, m in models.items()}
+    return sum((p["stop"] - p["start"]) * crop_forwards(p, per_crop[p["model"]][1]) * per_crop[p["model"]][0]
+               for p in pieces)
+
+
+def pool_size(cfg: EvalConfig, n_pieces: int, work: float | None = None) -> tuple[int, dict]:
+    """How many evaluation actors, and the resources each holds: one per GPU; on CPUs, one per
+    `cpus_per_worker` (2) CPUs, but no more than the work pays for (ACTOR_MACS each), as an actor's
+    start-up (a process importing torch) costs seconds that a small evaluation does not win back."""
     gpus = gpu_capacity() if use_gpus(cfg.device) else 0  # actors on GPU nodes not up yet wait for them
-    cpus = max(1, int(res.get("CPU", 1)))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     if gpus:
         per = cfg.cpus_per_worker or max(1, min(8, cpus // gpus))
         workers, opts = cfg.workers or gpus, {"num_gpus": 1, "num_cpus": per, "max_concurrency": 2}
     else:
         per = cfg.cpus_per_worker or min(2, cpus)
-        workers, opts = cfg.workers or max(1, cpus // per), {"num_cpus": per}
+        workers = cfg.workers or max(1, cpus // per)
+        if not cfg.workers and work is not None:
+            workers = min(workers, max(1, math.ceil(work / ACTOR_MACS)))
+        opts = {"num_cpus": per}
+    return min(workers, n_pieces), opts
+
+
+def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, work: float | None) -> list:
+    workers, opts = pool_size(cfg, n_pieces, work)
     actor = ray.remote(worker_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
                                            **opts)
-    return [actor.remote(root, cfg.split, cfg.max_batch, per) for _ in range(min(workers, n_pieces))]
+    print(f"evaluating {n_pieces} pieces on {workers} actors ({opts.get('num_gpus', 0)} GPU, "
+          f"{opts['num_cpus']} CPUs each)", flush=True)
+    return [actor.remote(root, cfg.split, cfg.max_batch, opts["num_cpus"]) for _ in range(workers)]
 
 
 def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str, table: PosteriorTable,
-               in_flight: int = 2, worker_cls: type = EvalWorker) -> None:
+               in_flight: int = 2, worker_cls: type = EvalWorker, work: float | None = None) -> None:
     """Hand the pieces to the pool, keeping `in_flight` per actor queued so none waits between pieces.
-    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose.)"""
-    actors = _pool(cfg, root, len(pieces), worker_cls)
+    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose; `work`, in MACs, caps
+    a CPU pool, see `pool_size`.)"""
+    actors = _pool(cfg, root, len(pieces), worker_cls, work)
     queue = list(reversed(pieces))
     attempts = dict.fromkeys(range(len(pieces)), 0)
     running: dict = {}  # ObjectRef -> (actor, piece)
@@ -169,7 +200,7 @@ def evaluate(cfg: EvalConfig, root: str) -> dict:
         n = min(n, cfg.limit)
     if n == 0:
         raise ValueError(f"{shards.join(root, cfg.split)}: no validation images to evaluate")
-    refs, scales, meta = {}, {}, {}
+    refs, scales, meta, loaded = {}, {}, {}, {}
     for name, source in cfg.models.items():
         # A model named after a configuration (A ... E) takes <dir>/<arch>/best.pt from an experiment
         # directory, and a torchvision .pth must hold that configuration; other names infer it.
@@ -180,11 +211,12 @@ def evaluate(cfg: EvalConfig, root: str) -> dict:
         qs = resolve_test_scales(info.get("config"), cfg.scales)
         scales[name] = dict(zip(qs, scales_px(qs, model.crop_size), strict=True))
         meta[name] = {**model_meta(info, qs), "source": str(source)}
+        loaded[name] = model
         refs[name] = ray.put({"model": model.eval(), "mean_rgb": info["mean_rgb"],
                               "std_rgb": info.get("std_rgb")})
     table = PosteriorTable(n, {m: tuple(q) for m, q in scales.items()}, cfg.methods, manifest["num_classes"])
     pieces = plan_pieces(n, scales, cfg.methods, cfg.slice_images or _auto_slice(n))
-    run_pieces(cfg, pieces, refs, root, table)
+    run_pieces(cfg, pieces, refs, root, table, work=work_macs(pieces, loaded))
     table.check_complete()
     rows = result_rows(table)
     title = f"{', '.join(cfg.models)} on {cfg.data} ({cfg.split}" + (f", first {n})" if cfg.limit else ")")
