@@ -137,7 +137,7 @@ def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, work: flo
     workers, opts = pool_size(cfg, n_pieces, work)
     actor = ray.remote(worker_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
                                            **opts)
-    print(f"evaluating {n_pieces} pieces on {workers} actors ({opts.get('num_gpus', 0)} GPU, "
+    print(f"evaluating {n_pieces} pieces on {workers} actor(s) ({opts.get('num_gpus', 0)} GPU, "
           f"{opts['num_cpus']} CPUs each)", flush=True)
     return [actor.remote(root, cfg.split, cfg.max_batch, opts["num_cpus"]) for _ in range(workers)]
 
