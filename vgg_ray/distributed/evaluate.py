@@ -110,8 +110,8 @@ def crop_forwards(piece: dict, crop: int = 224) -> float:
 
 def work_macs(pieces: list[dict], models: dict) -> float:
     """Multiply-accumulates the pieces take in all, from each model's cost of one crop."""
-    per_crop = {name: (forward_macs(m, m.crop_size), m.crop_size) for name, m in models.items()}
-    return sum((p["stop"] - p["start"]) * crop_forwards(p, per_crop[p["model"]][1]) * per_crop[p["model"]][0]
+    per_crop = {name: forward_macs(m, m.crop_size) for name, m in models.items()}
+    return sum((p["stop"] - p["start"]) * crop_forwards(p, models[p["model"]].crop_size) * per_crop[p["model"]]
                for p in pieces)
 
 
