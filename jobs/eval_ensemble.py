@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     except UsageError as e:  # found once the cluster is known, before any work
         parser.error(str(e))
     print(result["markdown"])
+    print(result["findings"])
     print(f"{result['n_images']} images x {len(cfg.models)} models: {result['pieces']} pieces"
           + (f"; {result['skipped']} undecodable images left out" if result["skipped"] else ""))
-    print(f"tables {cfg.out}/results.md, rows {cfg.out}/results.json, posteriors {cfg.out}/posteriors/")
+    print(f"tables {cfg.out}/results.md, the paper's findings {cfg.out}/findings.md, rows {cfg.out}/results.json, posteriors {cfg.out}/posteriors/")
     return result
 
 

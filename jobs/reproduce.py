@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args, lr_note
 from vgg_ray.models import ARCHS
 
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         base = from_args(args, TrainConfig, arch="A")
     except ValueError as e:
         parser.error(str(e))
+    if note := lr_note(base, args.lr is not None):
+        print(note, file=sys.stderr, flush=True)
 
     from vgg_ray.distributed.reproduce import run  # imports Ray: after the flags are checked
 

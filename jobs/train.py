@@ -14,7 +14,7 @@ import json
 import sys
 
 from vgg_ray.checkpoints import resolve_source
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args, lr_note
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
 from vgg_ray.storage import delete_dir, is_file, join, read_bytes
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         cfgs = [from_args(args, TrainConfig, arch=a) for a in parse_archs(args.arch)]
     except ValueError as e:
         parser.error(str(e))
+    if note := lr_note(cfgs[0], args.lr is not None):
+        print(note, file=sys.stderr, flush=True)
     if args.print_config:
         print("\n".join(c.to_json() for c in cfgs))
         return {}

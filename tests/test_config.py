@@ -63,7 +63,7 @@ def test_a_run_resumes_only_with_the_configuration_it_was_started_with():
     again = TrainConfig.from_preset("smoke", max_epochs=80, workers="1-4", device="cpu", micro_batch=8)  # how it runs
     assert again.differences(saved) == []
     other = TrainConfig.from_preset("smoke", lr=0.05, train_scale="256-512", name=saved["name"])
-    assert other.differences(saved) == ["--train-scale 256 -> 256-512", "--lr 0.01 -> 0.05"]
+    assert other.differences(saved) == ["--train-scale 256 -> 256-512", "--lr 0.00125 -> 0.05"]
 
 
 @pytest.mark.parametrize("argv,flag", [
@@ -114,9 +114,9 @@ def test_help_shows_each_default_after_the_preset():
     p = argparse.ArgumentParser()
     add_arguments(p, TrainConfig)
     text = " ".join(p.format_help().split())
-    assert "(default 0.01; smoke preset 0.01)" in text  # --lr
-    assert "(default 224; smoke preset 32)" in text  # --crop-size
-    assert "(default 256)" in text and "{paper,smoke}" in text
+    assert "(paper preset 0.01; small preset 0.0025; smoke preset 0.00125)" in text  # --lr: 1e-2 x batch/256
+    assert "(default 224; small preset 112; smoke preset 32)" in text  # --crop-size
+    assert "(default 2; small preset 3; smoke preset 4)" in text and "{paper,small,smoke}" in text
     assert all(f"--{k.replace('_', '-')}" in text for v in PRESETS.values() for k in v)
 
 
@@ -155,5 +155,5 @@ def test_a_run_resumed_with_another_configuration_is_refused_before_ray_starts(d
     out = subprocess.run([sys.executable, "jobs/train.py", *argv, "--lr", "0.05", "--workers", "1-2"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "--name x: run A was started with another configuration (--lr 0.01 -> 0.05)" in out.stderr
+    assert "--name x: run A was started with another configuration (--lr 0.00125 -> 0.05)" in out.stderr
     assert "--fresh" in out.stderr and (run / "config.json").is_file()

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS, GAUSSIAN_STD
 from vgg_ray.scales import parse_pair, parse_scale, parse_test_scales, scale_to_px, single_test_scale
-from vgg_ray.schedule import PLATEAU_THRESHOLD
 from vgg_ray.storage import absolute, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
@@ -25,6 +24,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become fil
 # ~3,050 images/s, and decoding on the GPU gave 0.72; ours decodes 480-680 images/s per core, so D needs
 # ~5-6.5 busy cores per GPU, and Ray Data's own processes take more.
 AUTO_CPU_DECODE_CPUS_PER_GPU = 8
+# §3.1: learning rate 1e-2 for mini-batches of 256. Another batch takes the rate scaled linearly (Goyal et
+# al. 2017's rule: the same step per image), so a smaller preset, or --batch-size alone, keeps the paper's
+# recipe rather than taking 8x its step per image at batch 32.
+PAPER_LR, PAPER_BATCH = 1e-2, 256
+
+
+def scaled_lr(batch_size: int, lr_at_paper_batch: float = PAPER_LR) -> float:
+    """The rate for `batch_size` images that matches `lr_at_paper_batch` for the paper's 256."""
+    return lr_at_paper_batch * batch_size / PAPER_BATCH
 
 
 def _f(default, help: str, **meta):
@@ -78,7 +86,7 @@ def _check_device(device: str) -> None:
 
 def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
     for name, (accepted, ok) in rules.items():
-        if not ok(getattr(cfg, name)):
+        if getattr(cfg, name) is not None and not ok(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {accepted}")
 
 
@@ -86,8 +94,9 @@ def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
 class TrainConfig(_Config):
     arch: str = _f("A", "configuration of Table 1", choices=list(ARCHS))
     data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
-    preset: str = _f("paper", "'paper' (the paper's numbers) or 'smoke' (tiny, for CPU runs and tests)",
-                     choices=["paper", "smoke"])
+    preset: str = _f("paper", "'paper' (the paper's numbers), 'small' (1/4 width, 112-pixel crops: a 10-class "
+                              "ImageNet subset on one GPU) or 'smoke' (1/16 width, 32-pixel crops: CPUs, tests)",
+                     choices=["paper", "small", "smoke"])
     train_scale: tuple[int, int] = _f((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)",
                                       metavar="S|SMIN-SMAX")
     crop_size: int = _f(224, "training crop side, pixels (224 in the paper)")
@@ -97,15 +106,18 @@ class TrainConfig(_Config):
     micro_batch: int = _f(0, "images per worker per forward pass, gradients accumulated over a worker's share "
                              "of the batch; 0 = the share at the most workers (an elastic run that shrinks "
                              "accumulates, and never runs a larger forward pass than it started with)")
-    lr: float = _f(1e-2, "initial learning rate (§3.1: 1e-2; 1e-3 for S=384 from S=256)")
+    lr: float | None = _f(None, "initial learning rate; unset, the paper's 1e-2 per 256 images scaled linearly "
+                                "to --batch-size (§3.1: 1e-2 at 256; a fine-tune from another net, 1e-3)",
+                          shown=lambda preset: f"{scaled_lr(PRESETS[preset].get('batch_size', PAPER_BATCH)):g}")
     momentum: float = _f(0.9, "SGD momentum, in [0, 1)")
     weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
     dropout: float = _f(0.5, "dropout ratio after fc6 and fc7, in [0, 1)")
     plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
-    plateau_threshold: float = _f(PLATEAU_THRESHOLD, "how much validation top-1 accuracy (in [0, 1]) must beat "
-                                  "the best by to count as better: one standard error of top-1 on the 50,000 "
-                                  "ILSVRC-2012 validation images, sqrt(0.7*0.3/50000) = 0.002, so noise does "
-                                  "not postpone the rate's division")
+    plateau_threshold: float | None = _f(None, "how much validation top-1 accuracy (in [0, 1]) must beat the "
+                                         "best by to count as better; unset, one standard error of top-1 on "
+                                         "the validation set, sqrt(0.7*0.3/n): 0.002 on ILSVRC-2012's 50,000 "
+                                         "images, 0.02 on the demo's 500, so noise does not postpone the "
+                                         "rate's division", shown="one standard error")
     max_lr_decreases: int = _f(3, "§3.1: the rate was divided 3 times; the next plateau ends training")
     max_epochs: int = _f(74, "hard stop, epochs (§3.1: 74)")
     init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer; the layers not "
@@ -165,6 +177,8 @@ class TrainConfig(_Config):
         if self.batch_size < self.max_workers:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
                              "every worker needs at least one image of the global batch")
+        if self.lr is None:
+            self.lr = scaled_lr(self.batch_size)
         if self.micro_batch > self.batch_size:
             raise ValueError(f"--micro-batch {self.micro_batch}: must be <= --batch-size {self.batch_size}")
         if not self.name:
@@ -252,16 +266,33 @@ class TrainConfig(_Config):
 RESUMABLE_FIELDS = ("max_epochs", "workers", "micro_batch", "cpus_per_worker", "resize_check_s", "device", "decode",
                     "storage", "shared_fs", "max_failures")
 
-# Named presets: the fields they change from the dataclass defaults (which are the paper's).
+# Named presets: the fields they change from the dataclass defaults (which are the paper's). What a preset
+# shrinks, it scales honestly: the rate follows the batch (scaled_lr: no preset sets --lr), every layer's
+# width (conv and FC alike) the same fraction, the gaussian init's std each layer's fan-in
+# (models.gaussian_std), the geometry the crop (S and Q in paper units, scales.scale_to_px), and the
+# plateau threshold the validation set's size (schedule.plateau_threshold).
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # 1/16 of the channels, FC width 64, 32-pixel crops: the paper's geometry scaled by 32/224, so
-    # S = 256 -> 37 px and [256, 512] -> [37, 73] px. A small batch gives a few hundred demo images
-    # enough SGD steps per epoch; top-1 on 100 demo val images is noisy, so patience 4 (2 dropped the
-    # rate at epoch 5 and stalled at 70-80% error).
-    "smoke": {"width": 1 / 16, "fc_width": 64, "crop_size": 32, "batch_size": 32, "lr": 0.01,
-              "max_epochs": 40, "plateau_patience": 4},
+    # A 10-class ImageNet subset (Imagenette, Imagewoof: ~9,500 train and ~3,900 val images) on one GPU:
+    # 1/4 of the channels (FC 1024), 112-pixel crops (S = 256 -> 128 px, [256, 512] -> [128, 256]),
+    # batch 64 (148 steps an epoch; lr 2.5e-3). Patience 3: an epoch of ~150 steps is a short look at a
+    # plateau (on the demo, 63-step epochs needed 4; the paper's 5,000-step epochs, 2).
+    "small": {"width": 1 / 4, "fc_width": 1024, "crop_size": 112, "batch_size": 64, "plateau_patience": 3},
+    # 1/16 of the channels (FC 256), 32-pixel crops (S = 256 -> 37 px, [256, 512] -> [37, 73] px), batch 32
+    # (lr 1.25e-3) for CPUs and tests. The demo's 2,000 images give 63 steps an epoch: patience 2 divided
+    # B's rate during its slow start (it ended at 26% error on the demo, 2% with patience 4).
+    "smoke": {"width": 1 / 16, "fc_width": 256, "crop_size": 32, "batch_size": 32, "max_epochs": 40,
+              "plateau_patience": 4},
 }
+
+
+def lr_note(cfg: TrainConfig, lr_given: bool) -> str | None:
+    """The one line that says a rate was scaled to the batch rather than given (None when it was given,
+    or the batch is the paper's)."""
+    if lr_given or cfg.batch_size == PAPER_BATCH:
+        return None
+    return (f"lr {cfg.lr:g}: the paper's {PAPER_LR:g} per {PAPER_BATCH} images scaled to the batch of "
+            f"{cfg.batch_size} (§3.1, linear rule); --lr sets another")
 
 
 def parse_workers(text: str | int | tuple | list) -> tuple[int, int]:
@@ -366,7 +397,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[
         meta = f.metadata
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = f"default {_shown(default)}"
-        if cls is TrainConfig:
+        if callable(meta.get("shown")):  # derived from other fields: each preset's value
+            shown = "; ".join(f"{p} preset {meta['shown'](p)}" for p in PRESETS)
+        elif meta.get("shown"):
+            shown = f"default {meta['shown']}"
+        elif cls is TrainConfig:
             shown += "".join(f"; {p} preset {_shown(v[f.name])}" for p, v in PRESETS.items() if f.name in v)
         if meta.get("required"):
             shown = "required"
@@ -380,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[
             continue
         if meta.get("repeat"):
             kw["action"] = "append"
-        kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
+        kw["type"] = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
         parser.add_argument(_flag(f), dest=f.name, **kw)
 
 

@@ -39,6 +39,8 @@ INIT_SCHEMES = ("glorot", "gaussian")
 # trained: on 0-255 pixels minus the mean, std 0.1 grows activations ~sqrt(fan_in/2)*0.1 (1.7 to 11) per
 # layer, and a fresh A's logits come out with std ~1e7-1e8 (tests/test_models.py measures it). Caffe's
 # Gaussian filler and most re-implementations of VGG use std 0.01, which keeps them small and trains.
+# It is the std of the paper's layers: a narrower net (or a smaller crop, which shrinks fc6's kernel)
+# draws each layer so that fan-in x std^2, the layer's gain, stays the paper's (gaussian_std).
 GAUSSIAN_STD = 0.01
 
 POOL_STRIDE = 32  # five 2x2/2 max-pools: a crop of c pixels leaves a c/32 x c/32 map for fc6.
@@ -149,25 +151,39 @@ def build_vgg(arch: str, *, num_classes: int = 1000, width: float = 1.0, fc_widt
     return model
 
 
-def init_weights(model: nn.Module, scheme: str = "glorot", *, std: float = GAUSSIAN_STD) -> None:
+def init_weights(model: VGG, scheme: str = "glorot", *, std: float = GAUSSIAN_STD) -> None:
     """`glorot`: Glorot & Bengio (2010), which the authors found works without pre-training (§3.1).
-    `gaussian`: §3.1's zero-mean normal weights with standard deviation `std` (see GAUSSIAN_STD). Biases zero."""
-    reinit_layers(model, [m for m in model.modules() if isinstance(m, nn.Conv2d)], scheme, std=std)
+    `gaussian`: §3.1's zero-mean normal weights, std `std` for the paper's layers (see gaussian_std).
+    Biases zero."""
+    reinit_layers(model, list(model.layer_index), scheme, std=std)
 
 
-def reinit_layers(model: nn.Module, layers: Sequence[str | nn.Conv2d], scheme: str, *,
-                  std: float = GAUSSIAN_STD) -> None:
-    """Draw fresh weights (and zero biases) for `layers`: paper names of a VGG (conv3_3, fc6) or modules."""
+def _fan_in(m: nn.Conv2d) -> int:
+    return m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+
+
+def gaussian_std(model: VGG, name: str, std: float = GAUSSIAN_STD) -> float:
+    """The std layer `name` draws under the gaussian scheme: `std` at the paper's size, and at any other
+    width, FC width or crop size the std that keeps fan-in x std^2 the paper layer's, so that a narrow net
+    passes its signal on as the paper's did (at 1/16 width, conv3_1 has 1/16 of the fan-in and draws
+    4 x std; at a 32-pixel crop fc6 is a 1x1 conv over 32 channels, not 7x7 over 512, and draws 28 x std)."""
+    with torch.device("meta"):
+        paper = VGG(model.arch, num_classes=model.num_classes).layer(name)
+    return std * (_fan_in(paper) / _fan_in(model.layer(name))) ** 0.5
+
+
+def reinit_layers(model: VGG, layers: Sequence[str], scheme: str, *, std: float = GAUSSIAN_STD) -> None:
+    """Draw fresh weights (and zero biases) for `layers`, paper names of a VGG (conv3_3, fc6)."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init={scheme!r}: expected one of {', '.join(INIT_SCHEMES)}")
-    for layer in layers:
-        m = model.layer(layer) if isinstance(layer, str) else layer
+    for name in layers:
+        m = model.layer(name)
         if m.weight.is_meta:
             continue
         if scheme == "glorot":
             nn.init.xavier_uniform_(m.weight)
         else:
-            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.normal_(m.weight, 0.0, gaussian_std(model, name, std))
         nn.init.zeros_(m.bias)
 
 

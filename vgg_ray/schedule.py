@@ -12,11 +12,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-# An epoch improves only when its top-1 accuracy beats the best by more than this (accuracy units).
-# One standard error of top-1 on ILSVRC-2012's 50,000 validation images, sqrt(0.7 * 0.3 / 50000) = 0.0020
-# (0.2 points): a smaller rise is within what the choice of images alone moves the figure by, so a noisy
-# plateau cannot keep the rate up. On 100 demo images (steps of 0.01) it changes nothing.
-PLATEAU_THRESHOLD = 0.002
+
+def plateau_threshold(n_val: int) -> float:
+    """By how much (accuracy units) an epoch's validation top-1 must beat the best to count as better: one
+    standard error of top-1 on `n_val` images, sqrt(0.7 * 0.3 / n_val) (the paper's nets err ~30%). A
+    smaller rise is within what the choice of images alone moves the figure by, so a noisy plateau cannot
+    keep the rate up: 0.0020 on ILSVRC-2012's 50,000 validation images, 0.020 on the demo's 500."""
+    if n_val < 1:
+        raise ValueError(f"plateau threshold for {n_val} validation images: need at least one")
+    return math.sqrt(0.7 * 0.3 / n_val)
+
+
+PLATEAU_THRESHOLD = round(plateau_threshold(50_000), 4)  # 0.002: ILSVRC-2012's validation set
 
 IMPROVED = "improved"
 
@@ -37,10 +44,12 @@ class PlateauSchedule:
     decision: dict | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> PlateauSchedule:
-        """The schedule a TrainConfig asks for, before its first epoch."""
+    def from_config(cls, cfg, n_val: int) -> PlateauSchedule:
+        """The schedule a TrainConfig asks for, before its first epoch, on `n_val` validation images (its
+        --plateau-threshold, or one standard error of top-1 on them when that is unset)."""
+        threshold = plateau_threshold(n_val) if cfg.plateau_threshold is None else cfg.plateau_threshold
         return cls(lr=cfg.lr, patience=cfg.plateau_patience, max_decreases=cfg.max_lr_decreases,
-                   threshold=cfg.plateau_threshold)
+                   threshold=threshold)
 
     def observe(self, epoch: int, top1_acc: float) -> PlateauSchedule:
         if epoch <= self.last_epoch or self.stop:

@@ -36,7 +36,7 @@ def test_two_epoch_run_writes_every_output(run_a):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[0]["decision"] == "improved" and rows[1]["decision"]  # the last epoch's too
     for r in rows:
-        assert r["lr"] == pytest.approx(0.01) and 0 <= r["top1_err"] <= 100 and r["top5_err"] <= r["top1_err"]
+        assert r["lr"] == pytest.approx(1.25e-3) and 0 <= r["top1_err"] <= 100 and r["top5_err"] <= r["top1_err"]
         assert r["train_loss"] > 0 and r["images_per_s"] > 0 and r["epoch_s"] > 0
     assert (run_a / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert list((run_a / "tensorboard").glob("events.out.tfevents.*"))
@@ -114,6 +114,6 @@ def test_killed_worker_resumes_from_the_last_checkpoint_and_leaves_nothing_behin
     # progress lost, never a restart from scratch
     assert rows[0]["started_at_epoch"] == 0 and rows[-1]["started_at_epoch"] in (2, 3)
     # the schedule continued: every epoch at the initial rate (patience 4 cannot run out in 4 epochs)
-    assert all(r["lr"] == pytest.approx(0.01) for r in rows)
+    assert all(r["lr"] == pytest.approx(1.25e-3) for r in rows)
     # nothing of the finished run stays on the cluster: no schedule board, no train workers
     assert not alive_actors("ScheduleBoard") and not alive_actors("RayTrainWorker")

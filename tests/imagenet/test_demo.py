@@ -37,7 +37,7 @@ def test_demo_builds_once_with_a_learnable_signal(tmp_path, monkeypatch):
     monkeypatch.setenv("VGG_RAY_CACHE", str(tmp_path))
     root = demo.resolve_data("demo")
     m = shards.load_manifest(root)
-    assert m["num_classes"] == 10 and m["counts"] == {"train": 503, "val": 100}
+    assert m["num_classes"] == 10 and m["counts"] == {"train": 2003, "val": 500}
     assert [c["wnid"] for c in m["classes"]] == sorted(c["wnid"] for c in m["classes"])
     assert len(m["skipped"]) == 1 and len(m["converted"]) == 3
     stamp = (tmp_path / f"demo-v{demo.DEMO_VERSION}" / "shards" / "manifest.json").stat().st_mtime_ns

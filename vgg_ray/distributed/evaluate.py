@@ -7,7 +7,8 @@ restarted and its piece retried by Ray (max_restarts / max_task_retries); an act
 its pieces moved to the others. The maths is in evaluation.py and the tables in report.py; this file is the
 Ray glue.
 
-Outputs under `out`: posteriors/<model>.parquet, results.json, results.md.
+Outputs under `out`: posteriors/<model>.parquet, results.json, results.md, findings.md / .json (the
+paper's findings these models can test, and whether they show them: vgg_ray/findings.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vgg_ray.checkpoints import load_model
 from vgg_ray.config import EvalConfig, check_shared
 from vgg_ray.distributed.session import gpu_capacity, node_count, use_gpus
 from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
+from vgg_ray.findings import Results, check_findings, findings_json, findings_markdown
 from vgg_ray.imagenet import shards
 from vgg_ray.models import ARCHS, forward_macs
 from vgg_ray.report import model_meta, result_rows, results_markdown, write_posteriors
@@ -226,9 +228,13 @@ def evaluate(cfg: EvalConfig, root: str) -> dict:
         (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
         markdown = results_markdown(rows, meta, title)
         (out / "results.md").write_text(markdown + "\n")
+        findings = check_findings(Results([(rows, meta)]))
+        (out / "findings.json").write_text(findings_json(findings))
+        (out / "findings.md").write_text(findings_markdown(findings))
         run_info = {**asdict(cfg), "data_root": root, "models_meta": meta, "n_images": n, "pieces": len(pieces)}
         (out / "eval_config.json").write_text(json.dumps(run_info, indent=1) + "\n")
-    return {"out": cfg.out, "rows": rows, "markdown": markdown, "posteriors": posteriors, "n_images": n,
+    return {"out": cfg.out, "rows": rows, "markdown": markdown, "findings": findings_markdown(findings),
+            "posteriors": posteriors, "n_images": n,
             "pieces": len(pieces), "skipped": int(table.bad.sum())}
 
 

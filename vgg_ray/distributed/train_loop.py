@@ -117,7 +117,12 @@ def setup(config: dict) -> Worker:
         start_epoch, history, sched, opt_state = resumed
     else:
         start_epoch, history, opt_state = 0, [], None
-        sched = PlateauSchedule.from_config(cfg)
+        n_val = manifest["counts"]["val"]
+        sched = PlateauSchedule.from_config(cfg, n_val)
+        if rank == 0:
+            print(f"[{cfg.arch}] lr {sched.lr:g}; plateau threshold {sched.threshold:.4f} top-1 accuracy ("
+                  + ("--plateau-threshold" if cfg.plateau_threshold is not None
+                     else f"one standard error of top-1 on {n_val} validation images") + ")", flush=True)
         if cfg.init.startswith("from:"):
             done = init_from_source(model, cfg.init[len("from:"):])
             if rank == 0:
