@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vgg_ray.config import TrainConfig
-from vgg_ray.engine import TrainStep, build_model, validation_counts
+from vgg_ray.engine import TrainStep, build_model, build_optimizer, validation_counts
 
 STATS = {"mean_rgb": [120.0, 110.0, 100.0], "eigval": [0.2 * 255**2, 0.02 * 255**2, 0.005 * 255**2],
          "eigvec": torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))[0].tolist()}
@@ -92,6 +92,31 @@ def test_colour_shift_is_drawn_per_image_and_reproducible_from_the_seed():
     assert la.item() == lb.item() != lc.item()
 
 
+def _masks(rank: int, epochs: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """fc7's dropout masks a rank draws on the same batch in each of `epochs`, as the train loop starts
+    them (start_epoch); the same start weights on every rank (models built from the run's seed)."""
+    torch.manual_seed(seed)
+    model = build_model(TrainConfig.from_preset("smoke"), 10)
+    seen = []
+    model.classifier[5].register_forward_hook(lambda m, i, o: seen.append((o == 0) & (i[0] != 0)))
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), STATS, CPU, micro=8, seed=seed, rank=rank)
+    out = []
+    for e in epochs:
+        step.start_epoch(e)
+        step(*batch())
+        out.append(seen[-1])
+    return out
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_a_restart_redraws_the_same():
+    r0, r1 = _masks(0, [0, 1, 2]), _masks(1, [0])
+    assert r0[0].any()  # dropout 0.5 on fc7 zeroes some of its non-zero inputs
+    assert not torch.equal(r0[0], r1[0])  # ranks differ: 8 ranks x 32 images give 256 masks, as one GPU
+    assert not torch.equal(r0[1], r0[2])  # and so do epochs
+    (restarted,) = _masks(0, [2])  # a worker restarted at epoch 2 draws what the first one drew there
+    assert torch.equal(restarted, r0[2])
+
+
 def test_validation_counts_by_hand():
     model = tiny().eval()
     x, y = batch(6)
@@ -106,3 +131,17 @@ def test_validation_counts_by_hand():
     counts = validation_counts(model, x, y, mean, ok)
     assert counts.tolist() == [3.0, 4.0, 5.0] and counts.dtype == torch.float64  # row 5 left out
     assert validation_counts(copy.deepcopy(model), x, y, mean).tolist() == [4.0, 5.0, 6.0]
+
+
+def test_bias_decay_zero_leaves_biases_undecayed():
+    cfg = TrainConfig.from_preset("smoke", bias_decay=0.0, lr=1.0, momentum=0.0)
+    model = tiny()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no loss: only weight decay moves the parameters
+        with torch.no_grad():
+            p.fill_(1.0)
+    build_optimizer(model, cfg).step()
+    fc8 = model.classifier[6]
+    assert (fc8.bias == 1.0).all() and torch.allclose(fc8.weight, torch.full_like(fc8.weight, 1 - 5e-4))
+    one_group = build_optimizer(model, TrainConfig.from_preset("smoke"))  # the default: biases as weights
+    assert len(one_group.param_groups) == 1 and one_group.param_groups[0]["weight_decay"] == 5e-4

@@ -19,6 +19,7 @@ from vgg_ray.models import (
     count_params,
     forward_macs,
     gaussian_std,
+    glorot_bound,
     load_torchvision_state_dict,
     to_torchvision_state_dict,
     transfer_init,
@@ -270,3 +271,14 @@ def test_a_narrow_gaussian_net_keeps_each_layers_gain_at_the_papers(arch):
         assert gains[1] == pytest.approx(gains[0]), name
     assert gaussian_std(paper, "conv3_1") == GAUSSIAN_STD and gaussian_std(small, "conv3_1") == pytest.approx(0.04)
     assert gaussian_std(small, "conv1_1") == GAUSSIAN_STD  # 3 input channels at every width
+
+
+def test_glorot_draws_fc6_as_the_fully_connected_layer_it_is():
+    # 25,088 -> 4,096 at the paper's size: std sqrt(2 / (25088 + 4096)), not the 7x7 conv's fan-out 4,096 x 49
+    with torch.device("meta"):
+        paper = build_vgg("D")
+    assert glorot_bound(paper, "fc6") == pytest.approx((6 / (25_088 + 4_096)) ** 0.5)
+    assert glorot_bound(paper, "conv3_1") == pytest.approx((6 / (128 * 9 + 256 * 9)) ** 0.5)
+    torch.manual_seed(0)
+    net = build_vgg("A", width=1 / 16, fc_width=256, crop_size=224)  # fc6: 32 x 7 x 7 = 1,568 -> 256
+    assert net.layer("fc6").weight.std().item() == pytest.approx((2 / (1_568 + 256)) ** 0.5, rel=0.02)

@@ -112,6 +112,9 @@ class TrainConfig(_Config):
     momentum: float = _f(0.9, "SGD momentum, in [0, 1)")
     weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
     dropout: float = _f(0.5, "dropout ratio after fc6 and fc7, in [0, 1)")
+    bias_decay: float = _f(1.0, "weight decay on biases, as a multiple of --weight-decay: 1 decays them as the "
+                                "weights (the paper names an L2 penalty and is silent on biases), 0 leaves them "
+                                "undecayed as Caffe's reference nets did (decay_mult: 0)")
     plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
     plateau_threshold: float | None = _f(None, "how much validation top-1 accuracy (in [0, 1]) must beat the "
                                          "best by to count as better; unset, one standard error of top-1 on "
@@ -144,6 +147,9 @@ class TrainConfig(_Config):
                              "the cluster, else cpu)", choices=["auto", "gpu", "cpu"])
     shared_fs: bool = _f(False, "--storage and --data are local paths that every node of the cluster mounts "
                                 "(NFS, a FUSE bucket); without it a multi-node cluster needs URIs")
+    grad_allreduce: str = _f("fp32", "precision of DDP's gradient all-reduce on GPUs (NCCL): fp32, so results do "
+                                     "not depend on the number of GPUs (§3.3), or bf16 (half the bytes)",
+                             choices=["fp32", "bf16"])
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
     max_failures: int = _f(3, "worker-group restarts from the last checkpoint before the run fails")
 
@@ -155,6 +161,8 @@ class TrainConfig(_Config):
         if self.preset not in PRESETS:
             raise ValueError(f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
         _check_device(self.device)
+        if self.grad_allreduce not in ("fp32", "bf16"):
+            raise ValueError(f"--grad-allreduce {self.grad_allreduce!r}: expected fp32 or bf16")
         if self.decode not in ("auto", "gpu", "cpu"):
             raise ValueError(f"--decode {self.decode!r}: expected auto, gpu or cpu")
         if self.crop_size < 32 or self.crop_size % 32:
@@ -172,7 +180,7 @@ class TrainConfig(_Config):
             "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "init_std": ("> 0", lambda v: v > 0),
             "colour_shift_std": (">= 0", lambda v: v >= 0), "plateau_patience": (">= 1", lambda v: v >= 1),
             "max_lr_decreases": (">= 0", lambda v: v >= 0), "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1), "max_failures": (">= 0", lambda v: v >= 0),
-            "micro_batch": (">= 0", lambda v: v >= 0),
+            "micro_batch": (">= 0", lambda v: v >= 0), "bias_decay": ("in [0, 1]", lambda v: 0 <= v <= 1),
         })
         if self.batch_size < self.max_workers:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
@@ -264,7 +272,7 @@ class TrainConfig(_Config):
 # What a run may change when it resumes: how it runs, not what it trains (the global batch is --batch-size
 # whatever the workers).
 RESUMABLE_FIELDS = ("max_epochs", "workers", "micro_batch", "cpus_per_worker", "resize_check_s", "device", "decode",
-                    "storage", "shared_fs", "max_failures")
+                    "storage", "shared_fs", "max_failures", "grad_allreduce")
 
 # Named presets: the fields they change from the dataclass defaults (which are the paper's). What a preset
 # shrinks, it scales honestly: the rate follows the batch (scaled_lr: no preset sets --lr), every layer's

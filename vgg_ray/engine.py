@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,25 +34,54 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """§3.1's SGD: momentum, weight decay, and --bias-decay's share of it on the biases (one parameter
+    group when that is 1, as checkpoints written before the flag hold)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.bias_decay != 1.0:
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": cfg.weight_decay * cfg.bias_decay}]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of what rank `rank` draws in `epoch` (dropout masks, colour shifts): distinct per rank,
+    so 8 ranks draw 8 x their share of masks as one GPU would draw them for the whole batch (§3.3), and a
+    function of the epoch, so a worker restarted at epoch k draws what it would have drawn there."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
 class TrainStep:
     """§3.1's SGD step on one global batch's share. `stats` is the manifest's RGB statistics (mean_rgb,
     eigval, eigvec, 0-255 units); `micro` images per forward pass (gradient accumulation below the batch;
     DDP all-reduces once, on the last micro-batch). `share_fraction` is this rank's share of the global
     batch times the world size (1 when the batch splits evenly): DDP averages the ranks' gradients, so a
     rank holding 86 of 256 images among 3 weighs its loss by 86*3/256 and the update is the mean over the
-    whole batch."""
+    whole batch. `seed` and `rank` seed what the step draws (start_epoch). With undecodable rows (none in
+    converted shards; possible in others' files) a rank's mean is over its own good images, so they weigh
+    a little more than the rest of the batch's: exact weights would need a count all-reduced every step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stats: Mapping, device: torch.device,
-                 *, micro: int, colour_shift_std: float = 0.1, seed: int = 0, amp: bool | None = None,
-                 channels_last: bool | None = None, share_fraction: float = 1.0):
+                 *, micro: int, colour_shift_std: float = 0.1, seed: int = 0, rank: int = 0,
+                 amp: bool | None = None, channels_last: bool | None = None, share_fraction: float = 1.0):
         on_gpu = device.type == "cuda"
         self.model, self.optimizer, self.device, self.micro = model, optimizer, device, micro
         self.mean, self.eigval, self.eigvec = (torch.tensor(stats[k], dtype=torch.float32, device=device)
                                                for k in ("mean_rgb", "eigval", "eigvec"))
         self.colour_shift_std, self.share_fraction = colour_shift_std, share_fraction
-        self.generator = torch.Generator().manual_seed(seed)  # the colour shift's alphas, drawn on the CPU
+        self.seed, self.rank = seed, rank
+        self.generator = torch.Generator()  # the colour shift's alphas, drawn on the CPU
+        self.start_epoch(0)
         self.amp = on_gpu if amp is None else amp
         self.channels_last = on_gpu if channels_last is None else channels_last
+
+    def start_epoch(self, epoch: int) -> None:
+        """Seed this rank's draws for `epoch` (epoch_seed): the colour shift's generator, and torch's
+        default generators (every device's), which dropout draws from. Call it before each epoch; the
+        weights were drawn before, from the run's seed alone, the same on every rank."""
+        seed = epoch_seed(self.seed, epoch, self.rank)
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
         """One update; returns the summed loss of the batch's good images (a device tensor, no sync)."""

@@ -172,6 +172,16 @@ def gaussian_std(model: VGG, name: str, std: float = GAUSSIAN_STD) -> float:
     return std * (_fan_in(paper) / _fan_in(model.layer(name))) ** 0.5
 
 
+def glorot_bound(model: VGG, name: str) -> float:
+    """Glorot & Bengio's uniform bound sqrt(6 / (fan_in + fan_out)) for layer `name`. A conv's fan-out
+    counts its kernel (out x k x k, as torch's xavier_uniform_); fc6-8 are the paper's fully connected
+    layers, held as convs, so their fan-out is their width: fc6 at 224 is 25,088 -> 4,096, bound 0.0143,
+    not the 7x7 conv's 0.0052."""
+    m = model.layer(name)
+    fan_out = m.out_channels * (1 if name.startswith("fc") else m.kernel_size[0] * m.kernel_size[1])
+    return (6 / (_fan_in(m) + fan_out)) ** 0.5
+
+
 def reinit_layers(model: VGG, layers: Sequence[str], scheme: str, *, std: float = GAUSSIAN_STD) -> None:
     """Draw fresh weights (and zero biases) for `layers`, paper names of a VGG (conv3_3, fc6)."""
     if scheme not in INIT_SCHEMES:
@@ -181,7 +191,7 @@ def reinit_layers(model: VGG, layers: Sequence[str], scheme: str, *, std: float 
         if m.weight.is_meta:
             continue
         if scheme == "glorot":
-            nn.init.xavier_uniform_(m.weight)
+            nn.init.uniform_(m.weight, -glorot_bound(model, name), glorot_bound(model, name))
         else:
             nn.init.normal_(m.weight, 0.0, gaussian_std(model, name, std))
         nn.init.zeros_(m.bias)

@@ -62,6 +62,35 @@ def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards)
     assert [k for k, _, _ in rows(other)] != order[0]
 
 
+def _mates(keys: list[str], batch: int = 8) -> set[frozenset]:
+    return {frozenset((a, b)) for i in range(0, len(keys), batch) for a in keys[i:i + batch]
+            for b in keys[i:i + batch] if a < b}
+
+
+def test_rows_meet_new_batch_mates_every_epoch_and_a_resumed_run_draws_an_uninterrupted_runs_epoch(
+        ray_local, demo_shards):
+    ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True)
+    epochs = [rows(ds) for _ in range(3)]
+    keys = [[k for k, _, _ in ep] for ep in epochs]
+    pairs = [_mates(k) for k in keys]
+    # rows are permuted within each read task's block every epoch, not only the files: few batch-mates
+    # of epoch 0 meet again in epoch 1 (with the file shuffle alone, most did: the shards' fixed order)
+    assert len(pairs[0] & pairs[1]) < 0.25 * len(pairs[0])
+    # a run resumed after epoch 1 (Ray Train's new worker group, a new dataset) starts its count at 2:
+    # the same S, crops, flips and order as the uninterrupted run's epoch 2, and not epoch 0's
+    resumed = rows(data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True, first_epoch=2))
+    assert resumed == epochs[2] and resumed != epochs[0]
+
+
+def test_block_order_permutes_each_files_rows_per_seed_and_epoch():
+    paths = np.array(["s3://b/train/part-00001.parquet"] * 60 + ["s3://b/train/part-00007.parquet"] * 40, dtype=object)
+    a = data.block_order(paths, seed=0, epoch=0)
+    assert sorted(a[:60]) == list(range(60)) and sorted(a[60:]) == list(range(60, 100))  # within each file
+    assert list(data.block_order(paths[60:], seed=0, epoch=0)) == list(a[60:] - 60)  # whatever else the task read
+    assert list(data.block_order(paths, seed=0, epoch=0)) == list(a)
+    assert list(data.block_order(paths, seed=0, epoch=1)) != list(a) != list(data.block_order(paths, 1, 0))
+
+
 def test_small_shards_are_read_several_to_a_task_as_long_as_every_cpu_gets_two_tasks():
     assert data.files_per_task(32, 10_000, cpus=2) == 4  # 312 photos a shard: 4 reach 1024 images
     assert data.files_per_task(32, 10_000, cpus=16) == 1  # 32 tasks, 2 per CPU: no grouping

@@ -11,6 +11,7 @@ import pytest
 import ray
 import torch
 
+from vgg_ray.distributed import data as vdata
 from vgg_ray.metrics import read_metrics_csv
 
 from ..jobs import job
@@ -46,6 +47,9 @@ def test_two_epoch_run_writes_every_output(run_a):
     assert best["top1_err"] == pytest.approx(min(r["top1_err"] for r in rows), abs=1e-4)
     weights = torch.load(run_a / "checkpoint_epoch001" / "model.pt", weights_only=True)
     assert weights["epoch"] == 1
+    # a worker group Ray Train starts for this run now (a resubmission, a restart) counts the data's epochs
+    # from 2, read from the checkpoint manager's snapshot that Ray Train wrote
+    assert vdata.resume_epoch(str(run_a)) == 2 and vdata.resume_epoch(str(run_a.parent / "elsewhere")) == 0
 
 
 def test_plateau_schedule_ends_the_run_and_init_from_copies_layers(run_a, demo_shards, tmp_path):

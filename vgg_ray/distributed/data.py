@@ -12,6 +12,10 @@ the validation counts leave them out and count them, and the task that met one n
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
+import posixpath
 import zlib
 
 import numpy as np
@@ -21,6 +25,9 @@ from ray.data import DataContext, FileShuffleConfig
 from vgg_ray import transforms
 from vgg_ray.distributed import session
 from vgg_ray.imagenet import shards
+from vgg_ray.storage import filesystem
+
+log = logging.getLogger(__name__)
 
 # Images decoded per call of the map function: the read task that holds a shard's rows decodes them in
 # slices of this many and yields each slice's crops (128 crops of 224 px: 19 MB) as it goes, so memory
@@ -103,28 +110,46 @@ def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed:
     return out
 
 
+def block_order(paths, seed: int, epoch: int) -> np.ndarray:
+    """The order in which a read task emits a block's rows in `epoch`, given each row's shard file: each
+    file's rows permuted by a draw from (seed, epoch, file name), the files in the order read. Rows meet
+    new batch-mates every epoch (the converter wrote each shard in one fixed order; with the file shuffle
+    alone ~63% of an image's batch-mates came back the next epoch), and the stream stays reproducible from
+    the seed whatever the number of files a task reads (files_per_task: it follows the cluster's CPUs)."""
+    paths = np.asarray(paths, dtype=object)
+    starts = [0, *[i for i in range(1, len(paths)) if paths[i] != paths[i - 1]], len(paths)]
+    order = []
+    for a, b in itertools.pairwise(starts):
+        name = posixpath.basename(str(paths[a]))
+        order.append(a + np.random.default_rng([zlib.crc32(name.encode()), epoch, seed]).permutation(b - a))
+    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+
+
 def _in_slices(fn):
-    """fn over a whole block, as a generator of fn's output on slices of MAP_BATCH rows: with
-    map_batches(batch_size=None) Ray Data fuses the map into the read task (a batch size would keep them
-    apart: the read may change row counts, so Ray will not fuse a map that needs whole batches), and the
-    JPEG bytes never pass through the object store."""
+    """fn over a whole block, as a generator of fn's output on slices of MAP_BATCH rows, the block's rows
+    in this epoch's order (block_order): with map_batches(batch_size=None) Ray Data fuses the map into the
+    read task (a batch size would keep them apart: the read may change row counts, so Ray will not fuse a
+    map that needs whole batches), and the JPEG bytes never pass through the object store."""
     def sliced(batch: dict, **kwargs):
-        n = len(batch["label"])
-        for i in range(0, n, MAP_BATCH):
-            yield fn({k: v[i:i + MAP_BATCH] for k, v in batch.items()}, **kwargs)
+        order = block_order(batch["path"], kwargs["seed"], _epoch())
+        for i in range(0, len(order), MAP_BATCH):
+            rows = order[i:i + MAP_BATCH]
+            yield fn({k: v[rows] for k, v in batch.items() if k != "path"}, **kwargs)
     sliced.__name__ = fn.__name__
     return sliced
 
 
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
-                  with_keys: bool = False, on_device: bool = False) -> ray.data.Dataset:
+                  with_keys: bool = False, on_device: bool = False, first_epoch: int = 0) -> ray.data.Dataset:
     """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
     image), augmented afresh every epoch (`with_keys` adds each image's source key, for tests). With
     `on_device` (--decode gpu) the columns are jpeg, win, label and ok instead: see _draw_windows.
 
-    The file order is reshuffled every epoch (and reproducible from `seed`); the converter wrote each
-    train shard in a fixed random order of all classes, so every block is already a class mix. S, crop
-    and flip are drawn per image from (seed, epoch, key). Rows come out in a reproducible order only with
+    The file order is reshuffled every epoch, and the rows within each read task's block (block_order),
+    both reproducible from `seed`; the converter wrote each train shard in a fixed random order of all
+    classes, so every block is already a class mix. S, crop and flip are drawn per image from (seed,
+    epoch, key). The dataset's first execution is epoch `first_epoch` (a run resumed after epoch k-1
+    passes k: see resume_epoch), so a restart draws what an uninterrupted run would have. Rows come out in a reproducible order only with
     preserve_order, set here; Ray Train replaces a dataset's execution options with its DataConfig's, so
     pass `dataset_config=train_data_config()` to the TorchTrainer to keep it.
     """
@@ -146,10 +171,10 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
         ds = ray.data.read_parquet(files, shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True),
-                                   override_num_blocks=-(-len(files) // per_task))
+                                   override_num_blocks=-(-len(files) // per_task), include_paths=True)
     finally:
         ctx.use_datasource_v2 = v2
-    ds = ds.select_columns(["image", "label", "key"])
+    ds = ds.select_columns(["image", "label", "key", "path"])  # path: each row's shard, for block_order
     ds = ds.map_batches(_in_slices(_draw_windows if on_device else _augment), batch_size=None,
                         batch_format="numpy",
                         fn_kwargs={"train_scale_px": (lo, hi), "crop": crop, "seed": seed,
@@ -159,7 +184,28 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     # Ray's default 128 MiB a shard's crops waited for the end of its task, and so did each epoch's first
     # batch (2.3-2.8 s against 1.0-1.2 s on the bench's photos, bench/README.md "Pipeline settings").
     ds.context.target_max_block_size = BLOCK_BYTES
+    # Ray Data counts executions from 0 in every new dataset (and in every split coordinator Ray Train
+    # builds for a new worker group); the file shuffle and _epoch() read that counter.
+    ds.context._execution_idx = first_epoch
     return _quiet(ds)
+
+
+def resume_epoch(run_dir: str) -> int:
+    """The epoch a (re)started worker group of the run in `run_dir` begins with: one past the epoch of
+    the checkpoint Ray Train resumes from (the latest it registered, as its checkpoint manager's snapshot
+    records it: ray/train/v2/_internal/execution/checkpoint/checkpoint_manager.py), or 0."""
+    fs, base = filesystem(run_dir)
+    try:
+        with fs.open_input_stream(posixpath.join(base, "checkpoint_manager_snapshot.json")) as f:
+            snapshot = json.loads(f.read())
+    except FileNotFoundError:
+        return 0
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    epoch = (latest.get("metrics") or {}).get("epoch")
+    if epoch is None:
+        log.warning("%s: no epoch in Ray Train's checkpoint snapshot; augmentation restarts at epoch 0", run_dir)
+        return 0
+    return int(epoch) + 1
 
 
 def _quiet(ds: ray.data.Dataset) -> ray.data.Dataset:

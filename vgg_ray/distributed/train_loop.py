@@ -29,7 +29,7 @@ from vgg_ray.config import TrainConfig
 from vgg_ray.device_decode import decode_batch
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import board
-from vgg_ray.engine import TrainStep, build_model, validation_counts
+from vgg_ray.engine import TrainStep, build_model, build_optimizer, validation_counts
 from vgg_ray.imagenet.shards import load_manifest
 from vgg_ray.schedule import PlateauSchedule
 from vgg_ray.storage import publish_dir
@@ -133,13 +133,13 @@ def setup(config: dict) -> Worker:
     # channels_last before DDP is built: DDP records the parameters' memory layout
     model = perf.prepare_for_speed(model, device)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=perf.ddp_kwargs())
-    perf.ddp_comm_hook(model)  # bf16 gradient all-reduce on NCCL; nothing on gloo or one worker
-    optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    # --grad-allreduce bf16: torch's compression hook on NCCL; nothing on gloo or one worker
+    perf.ddp_comm_hook(model, kind="bf16" if cfg.grad_allreduce == "bf16" else "none")
+    optimizer = build_optimizer(model, cfg.replace(lr=sched.lr))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     step = TrainStep(model, optimizer, manifest, device, micro=cfg.micro, colour_shift_std=cfg.colour_shift_std,
-                     seed=cfg.seed * 1000 + rank, share_fraction=cfg.share(rank, world) * world / cfg.batch_size)
+                     seed=cfg.seed, rank=rank, share_fraction=cfg.share(rank, world) * world / cfg.batch_size)
     schedule_board = board(config["board"])
     ray.get(schedule_board.seed.remote(config["key"], sched.state_dict()))
     val = vdata.val_dataset(config["root"], rank, world, cfg.val_scale_px, cfg.crop_size)
@@ -171,6 +171,7 @@ def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
     Rank 0 shows the epoch's progress in the job's log (global images, images/s, ETA)."""
     for group in w.optimizer.param_groups:
         group["lr"] = lr
+    w.step.start_epoch(epoch)  # this rank's dropout masks and colour shifts for this epoch, restart or not
     w.model.train()
     steps = w.cfg.steps_per_epoch(w.manifest["counts"]["train"], w.world)
     bar = (tqdm_ray(total=steps * w.cfg.batch_size, desc=f"[{w.cfg.arch}] epoch {epoch}", unit="img",
@@ -208,7 +209,8 @@ def validate(w: Worker) -> tuple[int, int, int, int]:
     counts = torch.zeros(3, dtype=torch.float64, device=w.device)
     bad = torch.zeros((), dtype=torch.long, device=w.device)
     for batch in w.val.iter_torch_batches(batch_size=max(w.cfg.micro, 64), device=w.device):
-        counts += validation_counts(w.model, batch["image"], batch["label"], w.step.mean, batch["ok"])
+        # fp32 logits (no autocast): the plateau rule decides on top-1 counts that bf16 could tip
+        counts += validation_counts(w.model, batch["image"], batch["label"], w.step.mean, batch["ok"], amp=False)
         bad += (~batch["ok"]).sum()
     c1, c5, n = counts.tolist()
     return int(c1), int(c5), int(n), int(bad)
