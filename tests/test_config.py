@@ -115,7 +115,7 @@ def test_help_shows_each_default_after_the_preset():
     add_arguments(p, TrainConfig)
     text = " ".join(p.format_help().split())
     assert "(paper preset 0.01; small preset 0.0025; smoke preset 0.00125)" in text  # --lr: 1e-2 x batch/256
-    assert "(default 224; small preset 112; smoke preset 32)" in text  # --crop-size
+    assert "(default 224; small preset 128; smoke preset 32)" in text  # --crop-size
     assert "(default 2; small preset 3; smoke preset 4)" in text and "{paper,small,smoke}" in text
     assert all(f"--{k.replace('_', '-')}" in text for v in PRESETS.values() for k in v)
 
@@ -157,3 +157,13 @@ def test_a_run_resumed_with_another_configuration_is_refused_before_ray_starts(d
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--name x: run A was started with another configuration (--lr 0.00125 -> 0.05)" in out.stderr
     assert "--fresh" in out.stderr and (run / "config.json").is_file()
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_builds_every_arch_with_the_rate_scaled_to_its_batch(preset):
+    for arch in ("A", "A-LRN", "B", "C", "D", "E"):
+        cfg = TrainConfig.from_preset(preset, arch=arch)
+        assert cfg.lr == pytest.approx(1e-2 * cfg.batch_size / 256)
+        assert cfg.train_scale_px[0] >= cfg.crop_size and cfg.val_scale_px >= cfg.crop_size
+    assert TrainConfig.from_preset(preset, batch_size=128).lr == pytest.approx(5e-3)  # --batch-size alone
+    assert TrainConfig.from_preset(preset, batch_size=128, lr=0.02).lr == 0.02  # --lr wins

@@ -94,7 +94,7 @@ def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
 class TrainConfig(_Config):
     arch: str = _f("A", "configuration of Table 1", choices=list(ARCHS))
     data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
-    preset: str = _f("paper", "'paper' (the paper's numbers), 'small' (1/4 width, 112-pixel crops: a 10-class "
+    preset: str = _f("paper", "'paper' (the paper's numbers), 'small' (1/4 width, 128-pixel crops: a 10-class "
                               "ImageNet subset on one GPU) or 'smoke' (1/16 width, 32-pixel crops: CPUs, tests)",
                      choices=["paper", "small", "smoke"])
     train_scale: tuple[int, int] = _f((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)",
@@ -282,10 +282,10 @@ RESUMABLE_FIELDS = ("max_epochs", "workers", "micro_batch", "cpus_per_worker", "
 PRESETS: dict[str, dict] = {
     "paper": {},
     # A 10-class ImageNet subset (Imagenette, Imagewoof: ~9,500 train and ~3,900 val images) on one GPU:
-    # 1/4 of the channels (FC 1024), 112-pixel crops (S = 256 -> 128 px, [256, 512] -> [128, 256]),
-    # batch 64 (148 steps an epoch; lr 2.5e-3). Patience 3: an epoch of ~150 steps is a short look at a
-    # plateau (on the demo, 63-step epochs needed 4; the paper's 5,000-step epochs, 2).
-    "small": {"width": 1 / 4, "fc_width": 1024, "crop_size": 112, "batch_size": 64, "plateau_patience": 3},
+    # 1/4 of the channels (FC 1024), 128-pixel crops (fc6 4x4; S = 256 -> 146 px, [256, 512] -> [146,
+    # 293]), batch 64 (148 steps an epoch; lr 2.5e-3). Patience 3: an epoch of ~150 steps is a short look
+    # at a plateau (on the demo, 63-step epochs needed 4; the paper's 5,000-step epochs, 2).
+    "small": {"width": 1 / 4, "fc_width": 1024, "crop_size": 128, "batch_size": 64, "plateau_patience": 3},
     # 1/16 of the channels (FC 256), 32-pixel crops (S = 256 -> 37 px, [256, 512] -> [37, 73] px), batch 32
     # (lr 1.25e-3) for CPUs and tests. The demo's 2,000 images give 63 steps an epoch: patience 2 divided
     # B's rate during its slow start (it ended at 26% error on the demo, 2% with patience 4).

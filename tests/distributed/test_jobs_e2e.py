@@ -158,13 +158,20 @@ def test_reproduce_chain_smoke(ray_local, demo_shards, tmp_path):
     argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "1",
             "--max-epochs", "1", "--storage", str(tmp_path), "--name", "chain", "--limit", "20"]
     summary = mod.main(argv)
-    assert [s["skipped"] for s in summary] == [False] * 7
+    assert [s.get("skipped") for s in summary] == [False] * 7 + [None]  # 7 stages, then the findings
+    assert summary[-1]["stage"] == "the paper's findings"
     exp = tmp_path / "chain"
     for run in ("S256/A", "S256/D", "S384/D", "S256-512/D"):
         assert (exp / run / "done.json").exists() and (exp / run / "best.pt").exists(), run
     cfg = json.loads((exp / "S384" / "D" / "config.json").read_text())
-    assert cfg["init"].endswith("S256/D") and cfg["lr"] == pytest.approx(1e-3)
+    assert cfg["init"].endswith("S256/D") and cfg["lr"] == pytest.approx(1.25e-4)  # a tenth of A's 1.25e-3
     final = json.loads((exp / "eval" / "stage6" / "results.json").read_text())
     assert {r["method"] for r in final} >= {"dense", "multi-crop", "multi-crop+dense"}
+    # the findings across every evaluation: D against A, the S=384 and jittered D against S=256, Q sets
+    findings = json.loads((exp / "eval" / "findings.json").read_text())
+    assert {"deeper nets err less", "scale jittering helps", "several test scales help",
+            "multi-crop & dense beats either alone"} <= {f["finding"] for f in findings}
+    assert all(f["compared"].count("multi-crop") >= 1 for f in findings if f["finding"] == "deeper nets err less")
+    assert "| finding |" in (exp / "eval" / "findings.md").read_text()
     # a resubmission skips every finished stage
-    assert all(s["skipped"] for s in mod.main(argv))
+    assert all(s["skipped"] for s in mod.main(argv)[:-1])

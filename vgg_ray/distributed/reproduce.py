@@ -104,7 +104,10 @@ def run(base: TrainConfig, archs: list[str], exp_name: str | None = None, init_a
                 summary.append({"stage": stage.name, "skipped": True, "results": out})
                 continue
             log(f"[{i}] {stage.name}")
-            evaluate(EvalConfig(models=stage.sources, data=root, out=out, methods=stage.methods, limit=limit,
+            # below the paper's 224-pixel crop dense evaluation is mostly padding: multi-crop too, so that
+            # the findings compare nets by it (vgg_ray/findings.py)
+            methods = stage.methods if base.crop_size >= 224 else "both"
+            evaluate(EvalConfig(models=stage.sources, data=root, out=out, methods=methods, limit=limit,
                                 device=base.device, shared_fs=base.shared_fs), root)
             summary.append({"stage": stage.name, "skipped": False, "results": out})
     evals = [s["results"] for s in summary if "results" in s]
