@@ -8,8 +8,6 @@ plateau rule is tested on its own in test_schedule.py).
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +16,7 @@ from torch import nn
 
 from vgg_ray import transforms
 from vgg_ray.config import TrainConfig
-from vgg_ray.engine import TrainStep, build_model, validation_counts
+from vgg_ray.engine import TrainStep, build_model, build_optimizer, validation_counts
 from vgg_ray.imagenet import demo, shards
 from vgg_ray.models import transfer_init
 
@@ -47,9 +45,9 @@ def images(tmp_path_factory):
         x = np.zeros((len(jpegs), SMOKE.crop_size, SMOKE.crop_size, 3), np.uint8)
         ok = np.ones(len(jpegs), bool)
         for i, (data, key) in enumerate(zip(jpegs, keys, strict=True)):
-            rng = np.random.default_rng([zlib.crc32(key.encode()), e, seed])
-            try:
-                transforms.train_sample(data, SMOKE.train_scale_px, SMOKE.crop_size, rng, x[i])
+            try:  # the per-image draws of Ray Data's tasks (vgg_ray/distributed/data.py)
+                transforms.train_sample(data, SMOKE.train_scale_px, SMOKE.crop_size,
+                                        transforms.row_rng(seed, e, key), x[i])
             except transforms.UndecodableImage:  # the demo's converted shards hold none; kept for safety
                 ok[i] = False
         return torch.from_numpy(x[ok]), torch.from_numpy(labels[ok])
@@ -65,15 +63,16 @@ def top1_err(model, val, mean) -> float:
 
 def train(model, images, cfg: TrainConfig, epochs: int) -> list[float]:
     """The smoke preset's SGD (its rate, momentum, weight decay, colour shift) by TrainStep, one epoch at a
-    time over every training image in a seeded order; the top-1 error after each epoch."""
+    time over every training image in a seeded order, each epoch's draws seeded as the train loop seeds
+    them; the top-1 error after each epoch."""
     epoch, val, manifest = images
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step = TrainStep(model, opt, manifest, torch.device("cpu"), micro=cfg.batch_size,
+    step = TrainStep(model, build_optimizer(model, cfg), manifest, torch.device("cpu"), micro=cfg.batch_size,
                      colour_shift_std=cfg.colour_shift_std, seed=cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed)
     errs = []
     for e in range(epochs):
         x, y = epoch(e, cfg.seed)
+        step.start_epoch(e)
         model.train()
         perm = torch.randperm(len(y), generator=order)
         for i in range(0, len(y) - cfg.batch_size + 1, cfg.batch_size):
@@ -101,7 +100,9 @@ class BatchNormCNN(nn.Module):
 def trained_a(images):
     torch.manual_seed(SMOKE.seed)
     model = build_model(SMOKE.replace(arch="A"), images[2]["num_classes"])
-    return model, train(model, images, SMOKE, epochs=10)
+    # at the preset's constant rate (no plateau rule here) the error still moves by up to ~10 points from
+    # epoch to epoch around epochs 7-9; from epoch 10 it stays low (0.4-1.6% over epochs 10-13, seed 0)
+    return model, train(model, images, SMOKE, epochs=12)
 
 
 def test_the_calibration_learner_separates_the_demo(images):

@@ -17,6 +17,7 @@ float NCHW tensors.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -133,6 +134,13 @@ def window_array(wins: Sequence[Window | None]) -> np.ndarray:
     """Windows as an int32 [N, 5] column for Ray Data (an undecodable image's row is zeros)."""
     return np.asarray([(w.size_s[0], w.size_s[1], w.x, w.y, int(w.flip)) if w else (0,) * WINDOW_FIELDS
                        for w in wins], dtype=np.int32).reshape(-1, WINDOW_FIELDS)
+
+
+def row_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The generator of one training image's S, crop and flip in `epoch`: from what the image is (its
+    key) rather than where it lands, so the same seed gives the same draws whatever the block layout or
+    task scheduling, and a new epoch gives new ones."""
+    return np.random.default_rng([zlib.crc32(key.encode()), epoch, seed])
 
 
 def draw_scale(rng: np.random.Generator, train_scale: tuple[int, int]) -> int:

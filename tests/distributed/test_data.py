@@ -45,7 +45,7 @@ def test_train_epochs_equal_transforms_alone_and_reorder(ray_local, demo_shards)
     epochs = [rows(ds), rows(ds)]
     for e, got in enumerate(epochs):
         # The same transforms alone, with the per-image generator of that epoch: identical pixels.
-        want = {k: (lab, T.train_sample(img, SCALE, CROP, data._row_rng(5, e, k)).tobytes())
+        want = {k: (lab, T.train_sample(img, SCALE, CROP, T.row_rng(5, e, k)).tobytes())
                 for k, lab, img in zip(t.column("key").to_pylist(), t.column("label").to_pylist(),
                                        t.column("image").to_pylist(), strict=True)}
         assert len(got) == len(want) == len({k for k, _, _ in got})  # every image once per epoch

@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import posixpath
-import zlib
 
 import numpy as np
 import ray
@@ -58,12 +57,6 @@ def _epoch() -> int:
     return getattr(DataContext.get_current(), "_execution_idx", 0)
 
 
-def _row_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
-    # Per image, from what the image is rather than where it lands: the same seed gives the same S, crop
-    # and flip whatever the block layout or task scheduling, and a new epoch gives new ones.
-    return np.random.default_rng([zlib.crc32(key.encode()), epoch, seed])
-
-
 def _decode_all(datas, labels, keys, crop: int, with_keys: bool, sample) -> dict:
     """sample(data, key, row) per image, rendering into its row of the image column -> columns image,
     label, ok (and key); an undecodable image becomes a zero image with ok False, named here (Ray
@@ -87,7 +80,7 @@ def _augment(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int,
     epoch = _epoch()
     return _decode_all(batch["image"], batch["label"], batch["key"], crop, with_keys,
                        lambda data, key, row: transforms.train_sample(data, train_scale_px, crop,
-                                                                      _row_rng(seed, epoch, key), row))
+                                                                      transforms.row_rng(seed, epoch, key), row))
 
 
 def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed: int, with_keys: bool) -> dict:
@@ -98,7 +91,7 @@ def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed:
     for i, (data, key) in enumerate(zip(batch["image"], batch["key"], strict=True)):
         try:
             wins.append(transforms.train_window(transforms.image_size(data), train_scale_px, crop,
-                                                _row_rng(seed, epoch, str(key))))
+                                                transforms.row_rng(seed, epoch, str(key))))
         except transforms.UndecodableImage as e:
             wins.append(None)
             ok[i] = False
@@ -121,7 +114,7 @@ def block_order(paths, seed: int, epoch: int) -> np.ndarray:
     order = []
     for a, b in itertools.pairwise(starts):
         name = posixpath.basename(str(paths[a]))
-        order.append(a + np.random.default_rng([zlib.crc32(name.encode()), epoch, seed]).permutation(b - a))
+        order.append(a + transforms.row_rng(seed, epoch, name).permutation(b - a))
     return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
 
 
