@@ -46,8 +46,12 @@ demo() {
   export PATH="$venv/bin:$PATH"  # the head's workers and the jobs' drivers run this venv's python
   # Token authentication on (Ray 2.60's default, made explicit): the head and `ray job submit` read the
   # token from ~/.ray/auth_token. `ray start` never makes one (a fresh machine has none); this does, once.
+  # The token is a password to the cluster: made under umask 077, and set to 0600 if an earlier run (or an
+  # older Ray) left it readable by others.
   export RAY_AUTH_MODE=token
-  ray get-auth-token --generate >/dev/null 2>&1 || { echo "could not create ~/.ray/auth_token" >&2; exit 1; }
+  local token=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+  (umask 077 && ray get-auth-token --generate >/dev/null 2>&1) || { echo "could not create $token" >&2; exit 1; }
+  if [ -f "$token" ]; then chmod 600 "$token"; fi
   local port dash runs head_pid logdir
   port=$(free_port); dash=$(free_port)
   runs=${VGG_RAY_DEMO_RUNS:-$root/runs}

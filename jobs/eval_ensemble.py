@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vgg_ray.checkpoints import resolve_source
-from vgg_ray.config import EvalConfig, UsageError, add_arguments, from_args
+from vgg_ray.checkpoints import load_models
+from vgg_ray.config import EvalConfig, UsageError, add_arguments, fail, from_args
+from vgg_ray.imagenet import shards
 from vgg_ray.imagenet.demo import resolve_data
-from vgg_ray.models import ARCHS
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,26 +30,32 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         cfg = from_args(args, EvalConfig)
     except ValueError as e:
-        parser.error(str(e))
+        fail(parser, str(e))
     if args.print_config:
         print(cfg.to_json())
         return {}
 
-    try:  # every path before Ray starts: the data and each model
+    problems, root, classes = [], None, None  # every path before Ray starts, all problems at once
+    try:
         root = resolve_data(cfg.data)
-        for name, source in cfg.models.items():
-            resolve_source(source, arch=name if name in ARCHS else None)
-    except FileNotFoundError as e:
-        parser.error(str(e))
+        classes = shards.load_manifest(root)["num_classes"]
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        problems.append(str(e))
+    try:  # each model read and checked here, not in the cluster: a file that is no VGG net stops the job now
+        models = load_models(cfg.models, classes, cfg.data)
+    except ValueError as e:
+        problems.extend(str(e).splitlines())
+    if problems:
+        fail(parser, "\n".join(problems))
 
     from vgg_ray.distributed.evaluate import evaluate  # imports Ray: after the flags are checked
     from vgg_ray.distributed.session import connect
 
     connect()
     try:
-        result = evaluate(cfg, root)
+        result = evaluate(cfg, root, models)
     except UsageError as e:  # found once the cluster is known, before any work
-        parser.error(str(e))
+        fail(parser, str(e))
     print(result["markdown"])
     print(result["findings"])
     print(f"{result['n_images']} images x {len(cfg.models)} models: {result['pieces']} pieces"

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args, lr_note
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, fail, from_args, lr_note
 from vgg_ray.models import ARCHS
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         base = from_args(args, TrainConfig, arch="A")
     except ValueError as e:
-        parser.error(str(e))
+        fail(parser, str(e))
     if note := lr_note(base, args.lr is not None):
         print(note, file=sys.stderr, flush=True)
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         summary = run(base, archs, init_a=args.init_a, limit=args.limit)
     except UsageError as e:  # found once the cluster is known, before any work
-        parser.error(str(e))
+        fail(parser, str(e))
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from vgg_ray.checkpoints import resolve_source
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, from_args, lr_note
+from vgg_ray.checkpoints import load_model
+from vgg_ray.config import TrainConfig, UsageError, add_arguments, fail, from_args, lr_note
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
 from vgg_ray.storage import delete_dir, is_file, join, read_bytes
@@ -40,44 +40,49 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     try:  # every flag is checked before any work starts
         cfgs = [from_args(args, TrainConfig, arch=a) for a in parse_archs(args.arch)]
     except ValueError as e:
-        parser.error(str(e))
+        fail(parser, str(e))
     if note := lr_note(cfgs[0], args.lr is not None):
         print(note, file=sys.stderr, flush=True)
     if args.print_config:
         print("\n".join(c.to_json() for c in cfgs))
         return {}
-    try:  # and every path: the data, and the net each configuration starts from
+    problems = []  # and every path, all problems at once: the data, the net each run starts from, the runs
+    try:
         resolve_data(cfgs[0].data)
     except FileNotFoundError as e:
-        parser.error(str(e))
+        problems.append(str(e))
     for c in cfgs:
         if c.init.startswith("from:"):
-            try:
-                resolve_source(c.init[len("from:"):], c.arch)
-            except FileNotFoundError as e:
-                parser.error(f"--init {c.init}: {e}")
-
-    for c in cfgs:  # and that an existing run is resumed with what it was started with
+            try:  # read as the workers will read it: a file that is no VGG checkpoint is refused here
+                load_model(c.init[len("from:"):], c.arch)
+            except (FileNotFoundError, ValueError) as e:
+                problems.append(f"--init {c.init}: {e}")
         saved = join(c.run_dir, "config.json")
-        if args.fresh:
-            delete_dir(c.run_dir)
-        elif is_file(saved):
-            try:
-                changed = c.differences(json.loads(read_bytes(saved)))
-            except ValueError as e:  # not JSON, or a configuration this version refuses
-                parser.error(f"--name {c.name}: {saved} cannot be read as a run's configuration ({e}); pick "
-                             "another --name, or add --fresh to start the run over")
-            if changed:
-                parser.error(f"--name {c.name}: run {c.arch} was started with another configuration "
-                             f"({'; '.join(changed)}); resume it with its own flags, pick another --name, or "
-                             "add --fresh to start it over")
+        if args.fresh or not is_file(saved):
+            continue
+        try:  # an existing run is resumed with what it was started with
+            changed = c.differences(json.loads(read_bytes(saved)))
+        except ValueError as e:  # not JSON, or a configuration this version refuses
+            problems.append(f"--name {c.name}: {saved} cannot be read as a run's configuration ({e}); pick "
+                            "another --name, or add --fresh to start the run over")
+            continue
+        if changed:
+            problems.append(f"--name {c.name}: run {c.arch} was started with another configuration "
+                            f"({'; '.join(changed)}); resume it with its own flags, pick another --name, or "
+                            "add --fresh to start it over")
+    if problems:
+        fail(parser, "\n".join(problems))
 
-    from vgg_ray.distributed.trainer import train  # imports Ray: after the flags are known to be good
+    from vgg_ray.distributed.trainer import plan, train  # imports Ray: after the flags are known to be good
 
     try:
-        runs = train(cfgs)
+        decided = plan(cfgs)
     except UsageError as e:  # found once the cluster is known, before any work
-        parser.error(str(e))
+        fail(parser, str(e))
+    if args.fresh:  # only now that every check has passed
+        for c in cfgs:
+            delete_dir(c.run_dir)
+    runs = train(cfgs, decided)
     for arch, run_dir in runs.items():
         print(f"{arch}: metrics {run_dir}/metrics.csv, curves {run_dir}/curves.png, best weights "
               f"{run_dir}/best.pt, TensorBoard {run_dir}/tensorboard")

@@ -56,7 +56,7 @@ def test_torchvision_pth_and_unreadable_files(tmp_path):
     with pytest.raises(ValueError, match="holds config A weights, but D was asked for"):
         load_model(tmp_path / "vgg11.pth", arch="D")
     (tmp_path / "half.pt").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(ValueError, match="half.pt: not a readable weights file"):
+    with pytest.raises(ValueError, match="half.pt: not a checkpoint torch.load can read"):
         load_model(tmp_path / "half.pt")
 
 

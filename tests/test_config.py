@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vgg_ray.config import PRESETS, EvalConfig, TrainConfig, add_arguments, from_args
 
@@ -70,7 +71,7 @@ def test_a_run_resumes_only_with_the_configuration_it_was_started_with():
     (["--dropout", "2"], "--dropout 2.0: must be in [0, 1)"),
     (["--momentum", "-5"], "--momentum -5.0: must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay -1.0: must be >= 0"),
-    (["--max-failures", "-2"], "--max-failures -2: must be >= 0"),
+    (["--max-failures", "-2"], "--max-failures -2: must be >= -1 (-1: no limit)"),
     (["--lr", "0"], "--lr 0.0: must be > 0"),
     (["--plateau-threshold", "0.5"], None),  # accepted: an accuracy in [0, 1]
     (["--plateau-threshold", "2"], "--plateau-threshold 2.0: must be in [0, 1]"),
@@ -145,6 +146,61 @@ def test_print_config_resolves_without_starting_ray(job, argv):
 def test_jobs_refuse_bad_flags_in_one_line_with_status_2(job, argv, msg):
     out = subprocess.run([sys.executable, f"jobs/{job}", *argv], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def not_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Files a user may pass by mistake: text, a tensor, and a state dict of a net that is not VGG."""
+    d = tmp_path_factory.mktemp("not_checkpoints")
+    files = {"text": d / "notes.pt", "tensor": d / "tensor.pt", "resnet": d / "resnet18.pth"}
+    files["text"].write_text("not a checkpoint\n")
+    torch.save(torch.zeros(3), files["tensor"])
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}, files["resnet"])
+    return files
+
+
+def run_job(job: str, *argv) -> subprocess.CompletedProcess:
+    # no Ray here: each problem below is found before the job would start it
+    code = (f"import runpy, sys; sys.argv = ['{job}', *{list(map(str, argv))!r}]\n"
+            "try:\n"
+            f"    runpy.run_path('jobs/{job}', run_name='__main__')\n"
+            "finally:\n"
+            "    assert 'ray' not in sys.modules, 'ray was imported'\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_a_file_that_is_no_vgg_checkpoint_is_refused_before_ray_starts(not_checkpoints, demo_shards, tmp_path):
+    for kind, path in not_checkpoints.items():
+        out = run_job("train.py", "--arch", "B", "--preset", "smoke", "--data", demo_shards, "--init",
+                      f"from:{path}", "--storage", tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (kind, out.stderr[-2000:])
+        assert f"error: --init from:{path}: {path}: not a" in out.stderr, (kind, out.stderr)
+        out = run_job("eval_ensemble.py", "--model", f"A={path}", "--data", demo_shards, "--out", tmp_path / "ev")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (kind, out.stderr[-2000:])
+        assert f"error: --model A={path}: {path}: not a" in out.stderr, (kind, out.stderr)
+    assert "ray was imported" not in out.stderr and not (tmp_path / "ev").exists()
+
+
+def test_every_problem_is_reported_at_once_one_line_each(not_checkpoints, tmp_path):
+    out = run_job("train.py", "--dropout", "2", "--crop-size", "33", "--workers", "0")
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("train.py: error: ")]
+    assert out.returncode == 2 and len(errors) == 3, out.stderr
+    assert any("--dropout 2.0" in e for e in errors) and any("--crop-size 33" in e for e in errors)
+    out = run_job("eval_ensemble.py", "--model", f"A={not_checkpoints['text']}", "--model",
+                  f"B={not_checkpoints['resnet']}", "--data", "/nonexistent/shards", "--out", tmp_path / "ev")
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("eval_ensemble.py: error: ")]
+    assert out.returncode == 2 and len(errors) == 3 and "Traceback" not in out.stderr, out.stderr
+    assert "/nonexistent/shards" in errors[0] and "--model A=" in errors[1] and "--model B=" in errors[2]
+
+
+def test_fresh_deletes_nothing_while_a_problem_remains(demo_shards, tmp_path):
+    run = tmp_path / "x" / "A"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(TrainConfig.from_preset("smoke", name="x", data=demo_shards).to_json())
+    out = run_job("train.py", "--preset", "smoke", "--data", demo_shards, "--storage", tmp_path, "--name", "x",
+                  "--fresh", "--init", "from:/nonexistent/run")
+    assert out.returncode == 2 and "--init from:/nonexistent/run" in out.stderr
+    assert (run / "config.json").is_file()  # the run is still there
 
 
 def test_a_run_resumed_with_another_configuration_is_refused_before_ray_starts(demo_shards, tmp_path):

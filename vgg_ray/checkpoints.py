@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from vgg_ray import storage
 from vgg_ray.config import TrainConfig
 from vgg_ray.engine import build_model
 from vgg_ray.models import (
+    ARCHS,
     GAUSSIAN_STD,
     INIT_SCHEMES,
     VGG,
@@ -68,8 +70,12 @@ def _load(path: str, mmap: bool = False) -> dict:
         if storage.is_uri(path):
             return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # pickle errors, truncated files: say which file
-        raise ValueError(f"{path}: not a readable weights file ({e})") from e
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: not for files of ours
+        raise ValueError(f"{path}: not a checkpoint torch.load can read (it holds objects other than tensors "
+                         "and plain values, or is no torch.save file at all)") from e
+    except Exception as e:  # truncated files, other errors: say which file, in one line
+        raise ValueError(f"{path}: not a checkpoint torch.load can read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from e
 
 
 def resolve_source(source: str | os.PathLike, arch: str | None = None) -> str:
@@ -95,22 +101,50 @@ def load_model(source: str | os.PathLike, arch: str | None = None, map_location=
     """Build the model a source describes and load its weights; `info` holds arch, config, normalisation."""
     path = resolve_source(source, arch)
     blob = _load(path)
-    if "model" in blob and "arch" in blob:
-        cfg = TrainConfig.from_dict({**(blob.get("config") or {}), "arch": blob["arch"]})
-        with torch.device("meta"):  # no random init of weights about to be replaced (seconds at full size)
-            model = build_model(cfg, blob["num_classes"])
-        model.load_state_dict(blob["model"], assign=True)
-        info = {k: v for k, v in blob.items() if k != "model"}
-    else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files
-        found = torchvision_arch(blob)
-        if arch is not None and arch != found:
-            raise ValueError(f"{path}: holds config {found} weights, but {arch} was asked for")
-        num_classes = blob["classifier.6.weight"].shape[0]
-        model = load_torchvision_state_dict(build_vgg(found, num_classes=num_classes), blob)
-        info = {"arch": found, "num_classes": num_classes, "config": {"crop_size": 224, "preset": "paper"},
-                "mean_rgb": TORCHVISION_MEAN, "std_rgb": TORCHVISION_STD, "source": "torchvision"}
+    if not isinstance(blob, Mapping):
+        raise ValueError(f"{path}: not a vgg_ray model file nor a torchvision VGG state dict (it holds a "
+                         f"{type(blob).__name__})")
+    try:
+        if "model" in blob and "arch" in blob:
+            cfg = TrainConfig.from_dict({**(blob.get("config") or {}), "arch": blob["arch"]})
+            with torch.device("meta"):  # no random init of weights about to be replaced (seconds at full size)
+                model = build_model(cfg, blob["num_classes"])
+            model.load_state_dict(blob["model"], assign=True)
+            info = {k: v for k, v in blob.items() if k != "model"}
+        else:  # a bare state dict: torchvision's vgg11/13/16/19 .pth files
+            found = torchvision_arch(blob)
+            if arch is not None and arch != found:
+                raise ValueError(f"holds config {found} weights, but {arch} was asked for")
+            num_classes = blob["classifier.6.weight"].shape[0]
+            model = load_torchvision_state_dict(build_vgg(found, num_classes=num_classes), blob)
+            info = {"arch": found, "num_classes": num_classes, "config": {"crop_size": 224, "preset": "paper"},
+                    "mean_rgb": TORCHVISION_MEAN, "std_rgb": TORCHVISION_STD, "source": "torchvision"}
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:  # one line, naming the file
+        kind = "vgg_ray model file" if "model" in blob and "arch" in blob else "torchvision VGG state dict"
+        raise ValueError(f"{path}: not a usable {kind} ({str(e).splitlines()[0] if str(e) else repr(e)})") from e
     info["path"] = path
     return model.to(map_location), info
+
+
+def load_models(models: Mapping[str, str], num_classes: int | None, data: str) -> dict[str, tuple[VGG, dict]]:
+    """Each --model NAME=SOURCE loaded and checked against the data's classes, before any work: every
+    problem at once (ValueError, one line each). A NAME that is a configuration (A ... E) takes
+    <dir>/<arch>/best.pt from an experiment directory, and a torchvision .pth must hold that
+    configuration; other names infer it."""
+    loaded, problems = {}, []
+    for name, source in models.items():
+        try:
+            model, info = load_model(source, arch=name if name in ARCHS else None)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"--model {name}={source}: {e}")
+            continue
+        if num_classes is not None and model.num_classes != num_classes:
+            problems.append(f"--model {name}={source}: {model.num_classes} classes, but --data {data} has "
+                            f"{num_classes}")
+        loaded[name] = (model, info)
+    if problems:
+        raise ValueError("\n".join(problems))
+    return loaded
 
 
 def source_init_scheme(info: Mapping, max_hops: int = 8) -> tuple[str, float]:

@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field, fields
+from typing import NoReturn
 
 from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS, GAUSSIAN_STD
@@ -50,17 +52,27 @@ class UsageError(ValueError):
 
 def check_shared(flags: dict[str, str], nodes: int, shared_fs: bool) -> None:
     """On a cluster of more than one node every location must be one that all nodes see: a URI, or a
-    path on a shared file system (--shared-fs). Raises UsageError naming the flag and the fix."""
+    path on a shared file system (--shared-fs). Raises UsageError naming each such flag and the fix,
+    one line each."""
     if nodes <= 1 or shared_fs:
         return
+    problems = _Problems()
     for flag, value in flags.items():
         if value == "demo":
-            raise UsageError(f"{flag} demo is built on one node's disk, and this cluster has {nodes} nodes: "
-                             f"convert it to a URI (jobs/prepare_imagenet.py --out s3://...) and pass that")
-        if "://" not in value:
-            raise UsageError(f"{flag} {value} is a local path, and this cluster has {nodes} nodes that cannot "
-                             f"all see it: give a URI (s3://..., gs://...), or --shared-fs if every node "
-                             f"mounts it")
+            problems.append(f"{flag} demo is built on one node's disk, and this cluster has {nodes} nodes: "
+                            f"convert it to a URI (jobs/prepare_imagenet.py --out s3://...) and pass that")
+        elif "://" not in value:
+            problems.append(f"{flag} {value} is a local path, and this cluster has {nodes} nodes that cannot "
+                            f"all see it: give a URI (s3://..., gs://...), or --shared-fs if every node "
+                            f"mounts it")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def fail(parser: argparse.ArgumentParser, problems: str) -> NoReturn:
+    """Exit 2 with the usage line and one `prog: error:` line per problem (argparse's form, for all)."""
+    parser.print_usage(sys.stderr)
+    parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in problems.splitlines()))
 
 
 class _Config:
@@ -79,15 +91,33 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
-def _check_device(device: str) -> None:
-    if device not in ("auto", "gpu", "cpu"):
-        raise ValueError(f"--device {device!r}: expected auto, gpu or cpu")
+class _Problems(list):
+    """Every problem of a configuration, one line each, raised together (ValueError) once all are known."""
+
+    def parse(self, parse, value):
+        """parse(value); or, with the problem noted, the value as it was."""
+        try:
+            return parse(value)
+        except ValueError as e:
+            self.append(str(e))
+            return value
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.append(message)
+
+    def ranges(self, cfg, rules: dict[str, tuple[str, callable]]) -> None:
+        for name, (accepted, ok) in rules.items():
+            value = getattr(cfg, name)
+            self.check(value is None or ok(value), f"--{name.replace('_', '-')} {value}: must be {accepted}")
+
+    def raise_any(self) -> None:
+        if self:
+            raise ValueError("\n".join(self))
 
 
-def _check_ranges(cfg, rules: dict[str, tuple[str, callable]]) -> None:
-    for name, (accepted, ok) in rules.items():
-        if getattr(cfg, name) is not None and not ok(getattr(cfg, name)):
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {accepted}")
+def _check_device(device: str, problems: _Problems) -> None:
+    problems.check(device in ("auto", "gpu", "cpu"), f"--device {device!r}: expected auto, gpu or cpu")
 
 
 @dataclass
@@ -151,27 +181,26 @@ class TrainConfig(_Config):
                                      "not depend on the number of GPUs (§3.3), or bf16 (half the bytes)",
                              choices=["fp32", "bf16"])
     seed: int = _f(0, "seed for initialisation, data order and augmentation")
-    max_failures: int = _f(3, "worker-group restarts from the last checkpoint before the run fails")
+    max_failures: int = _f(3, "worker-group restarts from the last checkpoint before the run fails; -1 retries "
+                                 "forever. A node drained for preemption (spot) does not count: Ray Train "
+                                 "resumes from the last checkpoint without limit")
 
     def __post_init__(self) -> None:
-        self.train_scale = parse_scale(self.train_scale)
-        self.workers = parse_workers(self.workers)
-        if self.arch not in ARCHS:
-            raise ValueError(f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
-        _check_device(self.device)
-        if self.grad_allreduce not in ("fp32", "bf16"):
-            raise ValueError(f"--grad-allreduce {self.grad_allreduce!r}: expected fp32 or bf16")
-        if self.decode not in ("auto", "gpu", "cpu"):
-            raise ValueError(f"--decode {self.decode!r}: expected auto, gpu or cpu")
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise ValueError(f"--crop-size {self.crop_size}: must be a positive multiple of 32")
-        if self.init not in ("glorot", "gaussian") and not self.init.startswith("from:"):
-            raise ValueError(f"--init {self.init!r}: expected glorot, gaussian or from:RUN_DIR_OR_CHECKPOINT")
-        if self.init == "from:":
-            raise ValueError("--init from: needs a run directory or checkpoint after the colon")
-        _check_ranges(self, {
+        problems = _Problems()
+        self.train_scale = problems.parse(parse_scale, self.train_scale)
+        self.workers = problems.parse(parse_workers, self.workers)
+        problems.check(self.arch in ARCHS, f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
+        problems.check(self.preset in PRESETS, f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
+        _check_device(self.device, problems)
+        problems.check(self.grad_allreduce in ("fp32", "bf16"),
+                       f"--grad-allreduce {self.grad_allreduce!r}: expected fp32 or bf16")
+        problems.check(self.decode in ("auto", "gpu", "cpu"), f"--decode {self.decode!r}: expected auto, gpu or cpu")
+        problems.check(self.crop_size >= 32 and not self.crop_size % 32,
+                       f"--crop-size {self.crop_size}: must be a positive multiple of 32")
+        problems.check(self.init in ("glorot", "gaussian") or self.init.startswith("from:"),
+                       f"--init {self.init!r}: expected glorot, gaussian or from:RUN_DIR_OR_CHECKPOINT")
+        problems.check(self.init != "from:", "--init from: needs a run directory or checkpoint after the colon")
+        problems.ranges(self, {
             "batch_size": (">= 1", lambda v: v >= 1), "cpus_per_worker": (">= 1", lambda v: v >= 1),
             "resize_check_s": (">= 0", lambda v: v >= 0),
             "max_epochs": (">= 1", lambda v: v >= 1), "fc_width": (">= 1", lambda v: v >= 1),
@@ -179,16 +208,20 @@ class TrainConfig(_Config):
             "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
             "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "init_std": ("> 0", lambda v: v > 0),
             "colour_shift_std": (">= 0", lambda v: v >= 0), "plateau_patience": (">= 1", lambda v: v >= 1),
-            "max_lr_decreases": (">= 0", lambda v: v >= 0), "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1), "max_failures": (">= 0", lambda v: v >= 0),
+            "max_lr_decreases": (">= 0", lambda v: v >= 0),
+            "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1),
+            "max_failures": (">= -1 (-1: no limit)", lambda v: v >= -1),
             "micro_batch": (">= 0", lambda v: v >= 0), "bias_decay": ("in [0, 1]", lambda v: 0 <= v <= 1),
         })
-        if self.batch_size < self.max_workers:
-            raise ValueError(f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
-                             "every worker needs at least one image of the global batch")
+        if isinstance(self.workers, tuple):  # parsed
+            problems.check(self.batch_size >= self.max_workers,
+                           f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
+                           "every worker needs at least one image of the global batch")
+        problems.check(self.micro_batch <= self.batch_size,
+                       f"--micro-batch {self.micro_batch}: must be <= --batch-size {self.batch_size}")
+        problems.raise_any()
         if self.lr is None:
             self.lr = scaled_lr(self.batch_size)
-        if self.micro_batch > self.batch_size:
-            raise ValueError(f"--micro-batch {self.micro_batch}: must be <= --batch-size {self.batch_size}")
         if not self.name:
             lo, hi = self.train_scale
             self.name = f"{self.preset}-S{lo}" + (f"-{hi}" if hi != lo else "")
@@ -375,13 +408,15 @@ class EvalConfig(_Config):
                                 "without it a multi-node cluster needs URIs")
 
     def __post_init__(self) -> None:
-        self.models = parse_models(self.models)
-        self.methods = parse_methods(self.methods)
-        self.scales = parse_test_scales(self.scales)
-        _check_device(self.device)
-        _check_ranges(self, {flag: (">= 0", lambda v: v >= 0)
-                             for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries")})
-        _check_ranges(self, {"max_batch": (">= 1", lambda v: v >= 1)})
+        problems = _Problems()
+        self.models = problems.parse(parse_models, self.models)
+        self.methods = problems.parse(parse_methods, self.methods)
+        self.scales = problems.parse(parse_test_scales, self.scales)
+        _check_device(self.device, problems)
+        problems.ranges(self, {flag: (">= 0", lambda v: v >= 0)
+                               for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries")})
+        problems.ranges(self, {"max_batch": (">= 1", lambda v: v >= 1)})
+        problems.raise_any()
 
 
 # ---- the CLI: one flag per field ----

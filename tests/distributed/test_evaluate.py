@@ -15,6 +15,7 @@ import torch
 from vgg_ray.checkpoints import load_model, model_record, save_atomic
 from vgg_ray.config import EvalConfig
 from vgg_ray.distributed.evaluate import ACTOR_MACS, EvalWorker, plan_pieces, pool_size, run_pieces, work_macs
+from vgg_ray.distributed.session import Capacity, capacity
 from vgg_ray.evaluation import BOTH, DENSE, MULTI_CROP, PosteriorTable, evaluate_images, fusion, topk_errors
 from vgg_ray.imagenet import shards
 from vgg_ray.models import build_vgg, forward_macs
@@ -88,13 +89,25 @@ def test_cpu_pool_is_sized_by_the_work(ray_local, models):
     expected = 60 * crop * sum(50 + 2 * 4 / 3 * (px / 32) ** 2 for px in (37, 55))
     assert work == pytest.approx(expected)
     cfg = EvalConfig(models={"A": models["A"]}, device="cpu")
-    assert pool_size(cfg, len(pieces)) == (4, {"num_cpus": 2})
-    assert pool_size(cfg, len(pieces), work)[0] == 1  # the tiny net: ~4.7e9 MACs in all
-    assert pool_size(cfg, len(pieces), 2.5 * ACTOR_MACS)[0] == 3
-    assert pool_size(cfg, len(pieces), 100 * ACTOR_MACS)[0] == 4
-    assert pool_size(cfg, 2, 100 * ACTOR_MACS)[0] == 2  # never more actors than pieces
+    cap = capacity()  # this machine's Ray: 8 CPUs, no GPU
+    assert pool_size(cfg, len(pieces), cap, False) == (4, {"num_cpus": 2})
+    assert pool_size(cfg, len(pieces), cap, False, work)[0] == 1  # the tiny net: ~4.7e9 MACs in all
+    assert pool_size(cfg, len(pieces), cap, False, 2.5 * ACTOR_MACS)[0] == 3
+    assert pool_size(cfg, len(pieces), cap, False, 100 * ACTOR_MACS)[0] == 4
+    assert pool_size(cfg, 2, cap, False, 100 * ACTOR_MACS)[0] == 2  # never more actors than pieces
     explicit = EvalConfig(models={"A": models["A"]}, device="cpu", workers=3, cpus_per_worker=1)
-    assert pool_size(explicit, len(pieces), work) == (3, {"num_cpus": 1})
+    assert pool_size(explicit, len(pieces), cap, False, work) == (3, {"num_cpus": 1})
+
+
+def test_gpu_pool_has_one_actor_per_gpu_the_cluster_can_have():
+    # cluster/aws.yaml's node types, no GPU node up yet: 32 actors, which wait for the autoscaler
+    cap = Capacity(gpus=32, cpus=384, nodes=5, known=True, source="the launcher's node types")
+    cfg = EvalConfig(models={"A": "runs/A"}, device="auto")
+    assert pool_size(cfg, 500, cap, True) == (32, {"num_gpus": 1, "num_cpus": 8, "max_concurrency": 2})
+    assert pool_size(cfg, 10, cap, True)[0] == 10
+    unknown = Capacity(gpus=0, cpus=0, nodes=2, known=False, source="the nodes up (KubeRay)")
+    given = EvalConfig(models={"A": "runs/A"}, device="gpu", workers=16)
+    assert pool_size(given, 500, unknown, True) == (16, {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2})
 
 
 def test_eval_ensemble_end_to_end_with_two_models(ray_local, demo_shards, models, tmp_path, capsys):

@@ -26,13 +26,13 @@ import ray
 import torch
 from tqdm import tqdm
 
-from vgg_ray.checkpoints import load_model
-from vgg_ray.config import EvalConfig, check_shared
-from vgg_ray.distributed.session import gpu_capacity, node_count, use_gpus
+from vgg_ray.checkpoints import load_models
+from vgg_ray.config import EvalConfig
+from vgg_ray.distributed.session import Capacity, capacity, check_cluster, use_gpus
 from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
 from vgg_ray.findings import Results, check_findings, findings_json, findings_markdown
 from vgg_ray.imagenet import shards
-from vgg_ray.models import ARCHS, forward_macs
+from vgg_ray.models import forward_macs
 from vgg_ray.report import model_meta, result_rows, results_markdown, write_posteriors
 from vgg_ray.scales import resolve_test_scales, scales_px
 from vgg_ray.storage import publish_dir
@@ -117,15 +117,17 @@ def work_macs(pieces: list[dict], models: dict) -> float:
                for p in pieces)
 
 
-def pool_size(cfg: EvalConfig, n_pieces: int, work: float | None = None) -> tuple[int, dict]:
-    """How many evaluation actors, and the resources each holds: one per GPU; on CPUs, one per
-    `cpus_per_worker` (2) CPUs, but no more than the work pays for (ACTOR_MACS each), as an actor's
-    start-up (a process importing torch) costs seconds that a small evaluation does not win back."""
-    gpus = gpu_capacity() if use_gpus(cfg.device) else 0  # actors on GPU nodes not up yet wait for them
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    if gpus:
-        per = cfg.cpus_per_worker or max(1, min(8, cpus // gpus))
-        workers, opts = cfg.workers or gpus, {"num_gpus": 1, "num_cpus": per, "max_concurrency": 2}
+def pool_size(cfg: EvalConfig, n_pieces: int, cap: Capacity, use_gpu: bool,
+              work: float | None = None) -> tuple[int, dict]:
+    """How many evaluation actors, and the resources each holds: one per GPU the cluster has or can have
+    (actors on GPU nodes not up yet wait for the autoscaler); on CPUs, one per `cpus_per_worker` (2)
+    CPUs, but no more than the work pays for (ACTOR_MACS each), as an actor's start-up (a process
+    importing torch) costs seconds that a small evaluation does not win back."""
+    cpus = max(1, int(cap.cpus))
+    if use_gpu:
+        gpus = cfg.workers or cap.gpus or 1  # evaluate() asks for --workers where cap.gpus is unknown
+        per = cfg.cpus_per_worker or max(1, min(8, cpus // max(cap.gpus, gpus)))
+        workers, opts = gpus, {"num_gpus": 1, "num_cpus": per, "max_concurrency": 2}
     else:
         per = cfg.cpus_per_worker or min(2, cpus)
         workers = cfg.workers or max(1, cpus // per)
@@ -135,8 +137,8 @@ def pool_size(cfg: EvalConfig, n_pieces: int, work: float | None = None) -> tupl
     return min(workers, n_pieces), opts
 
 
-def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, work: float | None) -> list:
-    workers, opts = pool_size(cfg, n_pieces, work)
+def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, size: tuple[int, dict]) -> list:
+    workers, opts = size
     actor = ray.remote(worker_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
                                            **opts)
     print(f"evaluating {n_pieces} pieces on {workers} actor(s) ({opts.get('num_gpus', 0)} GPU, "
@@ -145,11 +147,14 @@ def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, work: flo
 
 
 def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str, table: PosteriorTable,
-               in_flight: int = 2, worker_cls: type = EvalWorker, work: float | None = None) -> None:
+               in_flight: int = 2, worker_cls: type = EvalWorker, size: tuple[int, dict] | None = None) -> None:
     """Hand the pieces to the pool, keeping `in_flight` per actor queued so none waits between pieces.
-    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose; `work`, in MACs, caps
-    a CPU pool, see `pool_size`.)"""
-    actors = _pool(cfg, root, len(pieces), worker_cls, work)
+    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose; `size` is pool_size's
+    answer, by default for the cluster as it is.)"""
+    if size is None:
+        cap = capacity()
+        size = pool_size(cfg, len(pieces), cap, use_gpus(cfg.device, cap))
+    actors = _pool(cfg, root, len(pieces), worker_cls, size)
     queue = list(reversed(pieces))
     attempts = dict.fromkeys(range(len(pieces)), 0)
     running: dict = {}  # ObjectRef -> (actor, piece)
@@ -193,32 +198,31 @@ def _describe(p: dict) -> str:
     return f"{p['model']} {p['method']} Q={p['scale']} rows [{p['start']}, {p['stop']})"
 
 
-def evaluate(cfg: EvalConfig, root: str) -> dict:
-    """Run the whole protocol on the shards at `root`; returns the output paths and the result rows."""
-    check_shared({"--data": cfg.data, "--out": cfg.out}, node_count(), cfg.shared_fs)
+def evaluate(cfg: EvalConfig, root: str, models: dict[str, tuple] | None = None) -> dict:
+    """Run the whole protocol on the shards at `root`; returns the output paths and the result rows.
+    `models` is checkpoints.load_models' answer when the caller has loaded them (to check them before
+    Ray starts); else they are loaded here. Raises UsageError, one line per problem, before any work."""
+    cap = capacity()
+    use_gpu = check_cluster(cap, cfg.device, {"--data": cfg.data, "--out": cfg.out}, cfg.shared_fs, cfg.workers)
     manifest = shards.load_manifest(root)
     n = shards.split_rows(root, cfg.split)
     if cfg.limit:
         n = min(n, cfg.limit)
     if n == 0:
         raise ValueError(f"{shards.join(root, cfg.split)}: no validation images to evaluate")
-    refs, scales, meta, loaded = {}, {}, {}, {}
+    models = models or load_models(cfg.models, manifest["num_classes"], cfg.data)
+    refs, scales, meta = {}, {}, {}
     for name, source in cfg.models.items():
-        # A model named after a configuration (A ... E) takes <dir>/<arch>/best.pt from an experiment
-        # directory, and a torchvision .pth must hold that configuration; other names infer it.
-        model, info = load_model(source, arch=name if name in ARCHS else None)
-        if model.num_classes != manifest["num_classes"]:
-            raise ValueError(f"--model {name}={source}: {model.num_classes} classes, but --data {cfg.data} "
-                             f"has {manifest['num_classes']}")
+        model, info = models[name]
         qs = resolve_test_scales(info.get("config"), cfg.scales)
         scales[name] = dict(zip(qs, scales_px(qs, model.crop_size), strict=True))
         meta[name] = {**model_meta(info, qs), "source": str(source)}
-        loaded[name] = model
         refs[name] = ray.put({"model": model.eval(), "mean_rgb": info["mean_rgb"],
                               "std_rgb": info.get("std_rgb")})
     table = PosteriorTable(n, {m: tuple(q) for m, q in scales.items()}, cfg.methods, manifest["num_classes"])
     pieces = plan_pieces(n, scales, cfg.methods, cfg.slice_images or _auto_slice(n))
-    run_pieces(cfg, pieces, refs, root, table, work=work_macs(pieces, loaded))
+    size = pool_size(cfg, len(pieces), cap, use_gpu, work_macs(pieces, {m: models[m][0] for m in cfg.models}))
+    run_pieces(cfg, pieces, refs, root, table, size=size)
     table.check_complete()
     rows = result_rows(table)
     title = f"{', '.join(cfg.models)} on {cfg.data} ({cfg.split}" + (f", first {n})" if cfg.limit else ")")

@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgg_ray.config import EvalConfig, TrainConfig, check_shared
+from vgg_ray.config import EvalConfig, TrainConfig
 from vgg_ray.distributed.evaluate import evaluate
-from vgg_ray.distributed.session import connect, node_count
+from vgg_ray.distributed.session import capacity, check_cluster, connect
 from vgg_ray.distributed.trainer import is_done, train
 from vgg_ray.findings import Results, check_findings, findings_json, findings_markdown
 from vgg_ray.imagenet.demo import resolve_data
@@ -80,7 +80,7 @@ def run(base: TrainConfig, archs: list[str], exp_name: str | None = None, init_a
         limit: int = 0, log=print) -> list[dict]:
     """Run (or resume) the chain; returns one summary dict per stage."""
     connect()
-    check_shared({"--storage": base.storage, "--data": base.data}, node_count(), base.shared_fs)
+    check_cluster(capacity(), base.device, {"--storage": base.storage, "--data": base.data}, base.shared_fs)
     exp = join(absolute(base.storage), exp_name or base.name)
     root = resolve_data(base.data)
     summary = []

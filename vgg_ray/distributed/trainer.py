@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -20,10 +21,10 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from vgg_ray.config import TrainConfig, check_shared
+from vgg_ray.config import TrainConfig
 from vgg_ray.distributed import data as vdata
 from vgg_ray.distributed.schedule_board import PlateauCallback, start_board
-from vgg_ray.distributed.session import connect, cpus_per_gpu, gpu_capacity, node_count, use_gpus
+from vgg_ray.distributed.session import HEAD, capacity, check_cluster, connect
 from vgg_ray.distributed.train_loop import train_loop_per_worker
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.storage import exists, join, publish_dir
@@ -58,6 +59,8 @@ def _trial(config: dict) -> None:
             elastic_resize_monitor_interval_s=cfg.resize_check_s),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
+            # a drain for preemption (a spot node reclaimed) is counted apart, with no limit (Ray Train's
+            # max_preemption_failures default): it never uses up --max-failures
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # the latest two: the one to resume from, and one more in case the latest is being written
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -76,25 +79,46 @@ def _train_data(root: str, train_scale_px, crop: int, seed: int, on_device: bool
                                first_epoch=vdata.resume_epoch(run_dir))
 
 
-def train(cfgs: list[TrainConfig]) -> dict[str, str]:
-    """Train each configuration (one Tune trial each, concurrently as resources allow); all share
-    --storage, --name and --data. Returns {arch: run directory}."""
+@dataclass(frozen=True)
+class Plan:
+    """What a training job decided from the cluster, before any work: where its data is, GPUs or CPUs,
+    and how many trials run at once."""
+
+    root: str
+    use_gpu: bool
+    cpus_per_gpu: float
+    concurrent: int
+
+
+def plan(cfgs: list[TrainConfig]) -> Plan:
+    """Connect, and check the configurations against the cluster (UsageError, one line each) before any
+    work: a local --storage/--data on several nodes, a device the cluster cannot have."""
     first = cfgs[0]
     if len({c.arch for c in cfgs}) != len(cfgs) or any(
             (c.storage, c.name, c.data, c.workers) != (first.storage, first.name, first.data, first.workers)
             for c in cfgs):
         raise ValueError("one training run takes each arch once, with one --storage, --name, --data, --workers")
     connect()
-    check_shared({"--storage": first.storage, "--data": first.data}, node_count(), first.shared_fs)
-    root = resolve_data(first.data)
-    exp_dir = first.experiment_dir
-    use_gpu = use_gpus(first.device)
-    per_gpu = cpus_per_gpu()
-    # Trials beyond what fits wait in Tune's queue; Ray Train's worker group waits for the autoscaler.
+    cap = capacity()
+    use_gpu = check_cluster(cap, first.device, {"--storage": first.storage, "--data": first.data}, first.shared_fs)
     lo, hi = first.workers
-    # (on CPUs, half of them for the train workers and half for Ray Data's decoding)
-    slots = (max(gpu_capacity(), lo) if use_gpu
-             else ray.cluster_resources().get("CPU", 1) // (2 * first.cpus_per_worker))
+    if use_gpu:
+        # trials beyond what fits wait in Tune's queue; under an autoscaler that shows no node types,
+        # every trial starts and its worker group waits for the GPUs
+        slots = max(cap.gpus, lo) if cap.known else hi * len(cfgs)
+    else:  # half of the CPUs for the train workers and half for Ray Data's decoding
+        slots = cap.cpus // (2 * first.cpus_per_worker)
+    return Plan(resolve_data(first.data), use_gpu, cap.cpus_per_gpu, max(1, int(slots // hi)))
+
+
+def train(cfgs: list[TrainConfig], decided: Plan | None = None) -> dict[str, str]:
+    """Train each configuration (one Tune trial each, concurrently as resources allow); all share
+    --storage, --name and --data. Returns {arch: run directory}."""
+    decided = decided or plan(cfgs)
+    first = cfgs[0]
+    root, use_gpu, per_gpu = decided.root, decided.use_gpu, decided.cpus_per_gpu
+    exp_dir = first.experiment_dir
+    lo, hi = first.workers
     print(f"training {', '.join(c.arch for c in cfgs)} on {lo if lo == hi else f'{lo} to {hi}'} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s) each, JPEGs decoded on the "
           f"{'GPUs' if first.decodes_on_device(use_gpu, per_gpu) else 'CPUs'}"
@@ -107,13 +131,14 @@ def train(cfgs: list[TrainConfig]) -> dict[str, str]:
         "root": root, "exp_dir": exp_dir, "use_gpu": use_gpu, "cpus_per_gpu": per_gpu, "board": board_name,
     }
     tuner = tune.Tuner(
-        # The trial function only drives a TorchTrainer, whose workers request their own CPUs/GPUs
-        # (Tune refuses an empty request, hence a token 0.01 CPU).
-        tune.with_resources(_trial, {"cpu": 0.01}),
+        # The trial function only drives a TorchTrainer (whose controller Ray Train starts on the trial's
+        # node), and its workers request their own CPUs/GPUs: the trial lives on the head, which takes no
+        # tasks but is never a spot node, so a preempted or lost worker node never takes the run's driver.
+        tune.with_resources(_trial, {"cpu": 0, HEAD: 0.001}),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(slots // hi))),
-        # A lost node may take a trial (the driver of one TorchTrainer) with it: Tune starts it again and
-        # its TorchTrainer resumes from the run's last checkpoint, as a resubmission does.
+        tune_config=tune.TuneConfig(max_concurrent_trials=decided.concurrent),
+        # Should a trial fail all the same, Tune starts it again and its TorchTrainer resumes from the
+        # run's last checkpoint, as a resubmission does.
         run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
                                   failure_config=tune.FailureConfig(max_failures=first.max_failures),
                                   callbacks=[PlateauCallback(board_name, key_of_trial=_key)], verbose=1),
