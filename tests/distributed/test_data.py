@@ -101,7 +101,7 @@ def test_small_shards_are_read_several_to_a_task_as_long_as_every_cpu_gets_two_t
 
 def test_grouped_reads_give_the_same_rows_in_the_same_order(ray_local, demo_shards, monkeypatch):
     def epoch_rows(cpus):
-        monkeypatch.setattr(data.session, "cpu_capacity", lambda: cpus)
+        monkeypatch.setattr(data, "cpu_capacity", lambda: cpus)
         ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True)
         return rows(ds), ds.stats()
 

@@ -22,7 +22,6 @@ import ray
 from ray.data import DataContext, FileShuffleConfig
 
 from vgg_ray import transforms
-from vgg_ray.distributed import session
 from vgg_ray.imagenet import shards
 from vgg_ray.storage import filesystem
 
@@ -132,6 +131,12 @@ def _in_slices(fn):
     return sliced
 
 
+def cpu_capacity() -> float:
+    """CPUs up now (0 when this process is not connected to Ray): what the tasks of a dataset made now
+    can run on."""
+    return float(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0.0
+
+
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
                   with_keys: bool = False, on_device: bool = False, first_epoch: int = 0) -> ray.data.Dataset:
     """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
@@ -159,7 +164,7 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     # half of them. Small shards are read several to a task (files_per_task). (Figures: bench/README.md,
     # "Pipeline settings".)
     per_task = files_per_task(len(files), shards.load_manifest(root).get("counts", {}).get("train", 0),
-                              session.cpu_capacity())
+                              cpu_capacity())
     ctx = DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:

@@ -133,12 +133,6 @@ def use_gpus(device: str, cap: Capacity) -> bool:
     return False
 
 
-def cpu_capacity() -> float:
-    """CPUs up now (0 when this process is not connected to Ray): what Ray Data's tasks of a dataset
-    made now can run on."""
-    return float(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0.0
-
-
 def check_cluster(cap: Capacity, device: str, locations: dict[str, str], shared_fs: bool,
                   gpu_workers: int | None = None) -> bool:
     """Before any work, whether a job fits the cluster: every location in `locations` ({flag: value}) one
