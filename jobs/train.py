@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vgg_ray.checkpoints import load_model
+from vgg_ray.checkpoints import load_model, resolve_source
 from vgg_ray.config import TrainConfig, UsageError, add_arguments, fail, from_args, lr_note
 from vgg_ray.imagenet.demo import resolve_data
 from vgg_ray.models import ARCHS
@@ -22,8 +22,8 @@ from vgg_ray.storage import delete_dir, is_file, join, read_bytes
 
 def parse_archs(text: str) -> list[str]:
     archs = list(ARCHS) if text == "all" else [a.strip() for a in text.split(",") if a.strip()]
-    if not archs or any(a not in ARCHS for a in archs):
-        raise ValueError(f"--arch {text!r}: expected {', '.join(ARCHS)}, a comma list of them, or all")
+    if not archs or any(a not in ARCHS for a in archs) or len(set(archs)) != len(archs):
+        raise ValueError(f"--arch {text!r}: expected {', '.join(ARCHS)}, a comma list of them (each once), or all")
     return archs
 
 
@@ -51,10 +51,14 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         resolve_data(cfgs[0].data)
     except FileNotFoundError as e:
         problems.append(str(e))
-    for c in cfgs:
+    read = set()  # each net a run starts from, read once as the workers will read it: a file that is no
+    for c in cfgs:  # VGG checkpoint is refused here, not on the cluster
         if c.init.startswith("from:"):
-            try:  # read as the workers will read it: a file that is no VGG checkpoint is refused here
-                load_model(c.init[len("from:"):], c.arch)
+            try:
+                path = resolve_source(c.init[len("from:"):], c.arch)
+                if path not in read:
+                    load_model(path)
+                    read.add(path)
             except (FileNotFoundError, ValueError) as e:
                 problems.append(f"--init {c.init}: {e}")
         saved = join(c.run_dir, "config.json")
