@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -251,18 +250,9 @@ def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
 def _allreduce_rank(rank: int, world: int, port: int, nbytes: int, repeat: int, results) -> None:
     device = _init_rank(rank, world, port)
     try:
-        buf = torch.randn(max(1, nbytes // 4), device=device)
-        times = []
-        for i in range(repeat + 2):  # two warm-ups: connection set-up, NCCL channels
-            dist.barrier()
-            sync(device)
-            t0 = time.perf_counter()
-            dist.all_reduce(buf)
-            sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
+        seconds = perf.time_allreduce(nbytes, device, repeat)
         if rank == 0:
-            results.put(statistics.median(times))
+            results.put(seconds)
     finally:
         dist.destroy_process_group()
 
@@ -278,7 +268,7 @@ def measure_allreduce(nbytes: int, world: int, repeat: int = 5) -> dict:
     """A real all-reduce of `nbytes` of fp32 over `world` processes (NCCL on GPUs, gloo on CPUs)."""
     s = spawn(_allreduce_rank, world, nbytes, repeat)
     return {"world": world, "backend": "nccl" if torch.cuda.is_available() else "gloo", "bytes": nbytes,
-            "seconds": s, "busbw": 2 * (world - 1) / world * nbytes / s}
+            "seconds": s, "busbw": perf.busbw(nbytes, world, s)}
 
 
 # ---- data ----

@@ -224,6 +224,28 @@ def ring_allreduce_s(nbytes: float, world: int, busbw: float) -> float:
     return 0.0 if world <= 1 else 2 * (world - 1) / world * nbytes / busbw
 
 
+def busbw(nbytes: float, world: int, seconds: float) -> float:
+    """The bus bandwidth (bytes/s, as nccl-tests report it) of a ring all-reduce of `nbytes` over `world`
+    devices that took `seconds`: ring_allreduce_s solved for the bandwidth."""
+    return 2 * (world - 1) / world * nbytes / seconds if world > 1 else float("nan")
+
+
+def time_allreduce(nbytes: int, device: torch.device, repeat: int) -> float:
+    """Median seconds of `repeat` all-reduces of `nbytes` of fp32 in the initialised process group, after
+    two warm-ups (connections, NCCL's channels); every rank calls it."""
+    buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
+    times = []
+    for i in range(repeat + 2):
+        dist.barrier()
+        _sync(device)
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 # ASSUMED all-reduce bus bandwidths (bytes/s, in nccl-tests' busbw sense) for machines this benchmark has
 # not run on. Labelled as assumptions in the output; a measured busbw replaces them when --gpus >= 2.
 ASSUMED_BUSBW = {

@@ -137,14 +137,17 @@ def test_local_paths_are_refused_before_the_gpu_nodes_are_up(autoscaling_head, d
 
 
 def test_the_jobs_gpu_request_makes_the_autoscaler_add_a_gpu_node(autoscaling_head):
-    # The request the TorchTrainer's worker group makes with use_gpu (one bundle per worker; the fake
-    # node's GPU has no CUDA behind it, so the train loop itself cannot run here): the autoscaler reads
-    # it and launches the GPU node type.
+    # The request a training job's worker group makes (trainer.worker_scaling, with the GPUs `auto`
+    # chose), as the placement group Ray Train makes of it; the fake node's GPU has no CUDA behind it, so
+    # the train loop itself cannot run here. The autoscaler reads the request and launches the GPU type.
     got = drive(autoscaling_head, """
-import ray.train
 from ray.util.placement_group import placement_group, remove_placement_group
-bundle = ray.train.ScalingConfig(num_workers=1, use_gpu=True, resources_per_worker={"CPU": 1})._resources_per_worker_not_none
-pg = placement_group([bundle])
+from vgg_ray.config import TrainConfig
+from vgg_ray.distributed.trainer import worker_scaling
+cfg = TrainConfig.from_preset("smoke", workers=1, cpus_per_worker=1)
+scaling = worker_scaling(cfg, session.use_gpus("auto", session.capacity()))
+bundle = scaling._resources_per_worker_not_none
+pg = placement_group([bundle] * scaling.num_workers)
 ready = ray.get(pg.ready(), timeout=240)
 nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
 remove_placement_group(pg)

@@ -5,9 +5,7 @@ worker group and process group (NCCL on GPUs, gloo on CPUs) that training uses."
 from __future__ import annotations
 
 import socket
-import statistics
 import subprocess
-import time
 
 import ray
 import ray.train
@@ -18,7 +16,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from vgg_ray.perf import ring_allreduce_s
+from vgg_ray.perf import busbw, time_allreduce
 
 
 def _driver_version() -> str | None:
@@ -56,23 +54,10 @@ def probe(workers: int, use_gpu: bool) -> list[dict]:
 
 
 def _check_worker(config: dict) -> None:
-    device = ray.train.torch.get_device()
-    cuda = device.type == "cuda"
-    buf = torch.ones(config["nbytes"] // 4, dtype=torch.float32, device=device)
-    times = []
-    for i in range(config["repeat"] + 2):  # two warm-ups: connections, NCCL's channels
-        dist.barrier()
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        dist.all_reduce(buf)
-        if cuda:
-            torch.cuda.synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    seconds = time_allreduce(config["nbytes"], ray.train.torch.get_device(), config["repeat"])
     # the slowest rank's median (an all-reduce is done when every rank has it), and each rank's node
     slowest = [None] * dist.get_world_size()
-    dist.all_gather_object(slowest, (statistics.median(times), ray.get_runtime_context().get_node_id()))
+    dist.all_gather_object(slowest, (seconds, ray.get_runtime_context().get_node_id()))
     if dist.get_rank() == 0:
         config["answer"].put({"seconds": max(t for t, _ in slowest), "nodes": len({n for _, n in slowest})})
 
@@ -90,6 +75,5 @@ def allreduce(workers: int, use_gpu: bool, nbytes: int, repeat: int, storage: st
     trainer.fit()
     got = answer.get(timeout=60)
     answer.shutdown()
-    # busbw from the ring model that bench_train's projections use, solved for the bandwidth
-    busbw = ring_allreduce_s(nbytes, workers, 1.0) / got["seconds"] if workers > 1 else float("nan")
-    return {**got, "bytes": nbytes, "busbw": busbw, "backend": "nccl" if use_gpu else "gloo"}
+    return {**got, "bytes": nbytes, "busbw": busbw(nbytes, workers, got["seconds"]),
+            "backend": "nccl" if use_gpu else "gloo"}

@@ -148,8 +148,9 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     classes, so every block is already a class mix. S, crop and flip are drawn per image from (seed,
     epoch, key). The dataset's first execution is epoch `first_epoch` (a run resumed after epoch k-1
     passes k: see resume_epoch), so a restart draws what an uninterrupted run would have. Rows come out
-    in a reproducible order only with preserve_order, set here; Ray Train replaces a dataset's execution options with its DataConfig's, so
-    pass `dataset_config=train_data_config()` to the TorchTrainer to keep it.
+    in a reproducible order only with preserve_order, set here; Ray Train replaces a dataset's execution
+    options with its DataConfig's, so pass `dataset_config=train_data_config()` to the TorchTrainer to
+    keep it.
     """
     lo, hi = train_scale_px
     if lo < crop or hi < lo:

@@ -1,7 +1,7 @@
 """The paper's dependency chain as stages: train A; B-E from A; for C, D, E the S=256 net, then S=384 from
 it (a tenth of the initial rate: the paper's 1e-3), then jittered S in [256, 512] from S=384; then the
-evaluations of Tables 3-5 and the D+E fusion of Table 6. A resubmission skips every finished stage (its run directories hold done.json, its
-evaluation folder results.json).
+evaluations of Tables 3-5 and the D+E fusion of Table 6. A resubmission skips every finished stage (its
+run directories hold done.json, its evaluation folder results.json).
 
 Layout under <storage>/<name>/: S256/<arch>/, S384/<arch>/, S256-512/<arch>/ (training runs, as
 jobs/train.py writes them), eval/<stage>/ (as jobs/eval_ensemble.py writes them), and eval/findings.md

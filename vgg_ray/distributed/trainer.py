@@ -42,6 +42,16 @@ DONE = "done.json"  # written into a configuration's run directory once its trai
 PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
+def worker_scaling(cfg: TrainConfig, use_gpu: bool) -> ray.train.ScalingConfig:
+    """The worker group a configuration asks the cluster for (what the autoscaler sees). --workers
+    MIN-MAX: Ray Train's elastic policy starts with what fits (at least MIN), looks for room to grow every
+    --resize-check-s, and restarts a smaller group from the last checkpoint on a loss."""
+    return ray.train.ScalingConfig(
+        num_workers=cfg.workers if cfg.min_workers != cfg.max_workers else cfg.min_workers,
+        use_gpu=use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+        elastic_resize_monitor_interval_s=cfg.resize_check_s)
+
+
 def _trial(config: dict) -> None:
     os.environ.setdefault(PRINT_PATCH, "0")
     cfg = TrainConfig.from_dict(config["cfg"])
@@ -51,12 +61,7 @@ def _trial(config: dict) -> None:
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
                            "key": arch_dir, "board": config["board"], "decode_on_device": on_device},
-        # --workers MIN-MAX: Ray Train's elastic policy starts with what fits (at least MIN), looks for room
-        # to grow every --resize-check-s, and restarts a smaller group from the last checkpoint on a loss
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers if cfg.min_workers != cfg.max_workers else cfg.min_workers,
-            use_gpu=config["use_gpu"], resources_per_worker={"CPU": cfg.cpus_per_worker},
-            elastic_resize_monitor_interval_s=cfg.resize_check_s),
+        scaling_config=worker_scaling(cfg, config["use_gpu"]),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
             # a drain for preemption (a spot node reclaimed) is counted apart, with no limit (Ray Train's
@@ -102,13 +107,14 @@ def plan(cfgs: list[TrainConfig]) -> Plan:
     cap = capacity()
     use_gpu = check_cluster(cap, first.device, {"--storage": first.storage, "--data": first.data}, first.shared_fs)
     lo, hi = first.workers
-    if use_gpu:
-        # trials beyond what fits wait in Tune's queue; under an autoscaler that shows no node types,
-        # every trial starts and its worker group waits for the GPUs
-        slots = max(cap.gpus, lo) if cap.known else hi * len(cfgs)
-    else:  # half of the CPUs for the train workers and half for Ray Data's decoding
-        slots = cap.cpus // (2 * first.cpus_per_worker)
-    return Plan(resolve_data(first.data), use_gpu, cap.cpus_per_gpu, max(1, int(slots // hi)))
+    # trials beyond what fits wait in Tune's queue; under an autoscaler that shows no node types, every
+    # trial starts and its worker group waits for the GPUs. On CPUs, half of them go to the train workers
+    # and half to Ray Data's decoding.
+    if use_gpu and not cap.known:
+        concurrent = len(cfgs)
+    else:
+        concurrent = int((max(cap.gpus, lo) if use_gpu else cap.cpus // (2 * first.cpus_per_worker)) // hi)
+    return Plan(resolve_data(first.data), use_gpu, cap.cpus_per_gpu, max(1, concurrent))
 
 
 def train(cfgs: list[TrainConfig], decided: Plan | None = None) -> dict[str, str]:
