@@ -6,19 +6,12 @@
 
 Every path runs the same training step (vgg_ray.engine.TrainStep, the train loop's step: uint8 NHWC batch
 -> mean subtraction and §3.1 colour shift on the device -> bf16 autocast forward/backward on CUDA, in
-micro-batches summing to the batch -> SGD):
-  synthetic  random uint8 batches already on the device: the model's ceiling.
-  ray        vgg_ray.distributed.data.train_dataset(...).iter_torch_batches consumed here, in the driver, on one device
-             (no Ray Train: a single worker would add nothing per step, and the loop is the same).
-  ray-gpu    the same with --decode gpu: Ray Data carries the JPEG bytes and each image's window, and the
-             batch is decoded and rendered on the device (vgg_ray.device_decode), as the train loop does.
-  peer       what most users would write: --gpus ranks of a plain DDP loop (torch.multiprocessing; NCCL on
-             GPUs, gloo on CPUs), each fed by a torch DataLoader over a torchvision ImageFolder of the same
-             images as JPEG files, with the torchvision transforms users write (bench.common.peer_transform).
+micro-batches summing to the batch -> SGD); the paths differ in what feeds it (listed at the end).
 Images/s are per device, over --steps after --warmup steps (the first step, timed alone, includes cuDNN's
 autotuning). `--data photos` builds ImageNet-sized JPEGs (300-500 px, ~60 KB) so that decoding costs about
-what it would on ImageNet; the demo's 48-160 px images decode twice as fast at S=256. Prints a table, then
-one JSON line (bench/README.md says what each figure means).
+what it would on ImageNet; the demo's smaller images decode faster (bench/README.md gives the rates). A
+path that cannot run here is named, with its reason, under "errors" and the other paths still run. Prints
+a table, then one JSON line (bench/README.md says what each figure means).
 """
 
 from __future__ import annotations
@@ -28,17 +21,22 @@ import datetime
 import itertools
 import json
 import os
-import shutil
 import socket
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
+from bench import perf as bench_perf
 from bench.common import peer_transform, resolve, result_path, sync, write_images
 from vgg_ray import perf, transforms
 from vgg_ray.config import PRESETS, TrainConfig
@@ -46,17 +44,16 @@ from vgg_ray.engine import TrainStep, build_model
 from vgg_ray.imagenet import shards
 from vgg_ray.models import ARCHS, forward_macs
 
-PATHS = ("synthetic", "ray", "ray-gpu", "peer")
-
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     cpus = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=paths_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="D,E", help="comma list of Table 1 configurations")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="paper (224 crops, batch 256) or smoke (tiny); default paper on CUDA, else smoke")
     p.add_argument("--data", default="demo", help="shards folder/URI, demo, or photos (ImageNet-sized JPEGs)")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma list of synthetic, ray, peer")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)} (see below)")
     p.add_argument("--gpus", type=int, default=max(1, torch.cuda.device_count()),
                    help="ranks of the peer's DDP loop (and the devices the global batch is split over)")
     p.add_argument("--batch", type=int, default=None, help="global batch, images (default: the preset's)")
@@ -83,9 +80,123 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# ---- the step every path runs ----
+# ---- what a run shares, built once ----
 
-def make_step(model, cfg: TrainConfig, stats: dict, device: torch.device, micro: int, amp: bool,
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    device: torch.device
+    name: str  # torch.cuda.get_device_name(), or "cpu"
+    preset: str
+    cfgs: dict[str, TrainConfig]  # by arch, in --arch order
+    paths: list[str]  # of PATHS, in its order
+    steps: int
+    warmup: int
+    root: str  # the shards --data resolved to
+    stats: dict  # the manifest's mean_rgb, eigval, eigvec: the step's mean subtraction and colour shift
+    classes: int
+    settings: dict  # the backend settings in force, for the record
+    peak: bench_perf.Peak | None
+    matmul: float  # FLOP/s of a matmul measured in this run
+    out: Path | None
+    work: Path | None = None  # a temporary folder while paths run (the peer's ImageFolder)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def synthetic(self, cfg: TrainConfig, batch: int | None = None):
+        return synthetic_batches(batch or cfg.per_worker_batch, cfg.crop_size, self.classes, self.device, cfg.seed)
+
+    def timed(self, step, batches) -> dict:
+        return timed(step, batches, self.warmup, self.steps, self.device)
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Check the flags (one line naming the flag on error), resolve the data, set the backends, and measure
+    the matmul rate MFU is also reported against."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    preset = args.preset or ("paper" if on_gpu else "smoke")
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    paths = {p.strip() for p in args.paths.split(",") if p.strip()}
+    if not archs or any(a not in ARCHS for a in archs):
+        raise SystemExit(f"--arch {args.arch!r}: expected a comma list of {', '.join(ARCHS)}")
+    if not paths or not paths <= set(PATHS):
+        raise SystemExit(f"--paths {args.paths!r}: expected a comma list of {', '.join(PATHS)}")
+    if on_gpu and args.gpus > torch.cuda.device_count():
+        raise SystemExit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPUs")
+    try:
+        cfgs = {a: TrainConfig.from_preset(preset, arch=a, data=args.data, workers=args.gpus, seed=args.seed,
+                                           micro_batch=args.micro_batch,
+                                           **({"batch_size": args.batch} if args.batch else {}))
+                for a in archs}
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+    out = result_path(args.out, f"{datetime.date.today().isoformat()}-{name}")
+    root = resolve(args.data)
+    manifest = shards.load_manifest(root)
+    if not on_gpu:
+        torch.set_num_threads(args.threads)
+    return Bench(
+        args=args, device=device, name=name, preset=preset, cfgs=cfgs, paths=[p for p in PATHS if p in paths],
+        steps=args.steps or (30 if preset == "paper" else 8), warmup=args.warmup or 3, root=root,
+        stats={k: manifest[k] for k in ("mean_rgb", "eigval", "eigvec")},
+        classes=1000 if preset == "paper" else manifest["num_classes"],  # the paper's fc8, whatever the data
+        settings=perf.configure_backends() if on_gpu else {"threads": args.threads},
+        peak=bench_perf.bf16_peak(name) if on_gpu else None,
+        matmul=(bench_perf.measure_matmul_flops(device) if on_gpu
+                else bench_perf.measure_matmul_flops(device, torch.float32, n=1024, repeat=3)),
+        out=out)
+
+
+def header(b: Bench) -> dict:
+    first = next(iter(b.cfgs.values()))
+    peak = b.peak
+    return {"bench": "train", "date": datetime.date.today().isoformat(), "device": b.name, "gpus": b.args.gpus,
+            "torch": torch.__version__, "preset": b.preset, "data": b.args.data, "classes": b.classes,
+            "batch": first.batch_size, "per_device_batch": first.per_worker_batch, "crop": first.crop_size,
+            "train_scale_px": list(first.train_scale_px), "steps": b.steps, "warmup": b.warmup,
+            "compile": b.args.compile, "settings": b.settings,
+            "peak": {"name": peak.name if peak else None, "spec_flops": peak.spec if peak else None,
+                     "table_matmul_flops": peak.measured if peak else None, "matmul_flops": b.matmul,
+                     "matmul_dtype": "bfloat16 8192^3" if b.on_gpu else "float32 1024^3"},
+            "ray_path": "driver process, one device, iter_torch_batches (no Ray Train, no DDP)",
+            "peer_path": f"{b.args.gpus} DDP rank(s), DataLoader + ImageFolder, DDP defaults",
+            "decode_img_s_per_core": decode_rate(b.root, first), "results": [], "ratios": {}}
+
+
+# ---- the step every path runs, and the model it trains ----
+
+@dataclass
+class Model:
+    arch: str
+    cfg: TrainConfig
+    net: nn.Module  # compiled under --compile
+    step: TrainStep
+    micro: int  # images per forward pass
+    macs: int  # forward multiply-accumulates per image
+    first_step_s: float | None  # the micro-batch search's first step (cuDNN's autotuning), on CUDA
+    compile_s: float | None
+
+
+def build(b: Bench, arch: str, cfg: TrainConfig, *, amp: bool = True, channels_last: bool = True,
+          compiled: bool = False) -> Model:
+    """The model and its step at the given speed settings (amp and channels_last apply on CUDA only)."""
+    amp, cl = amp and b.on_gpu, channels_last and b.on_gpu
+    net = new_model(cfg, b.classes, b.device, channels_last=cl)
+    macs = forward_macs(net, cfg.crop_size)
+    micro, first_step_s = fit_micro_batch(b, cfg, net, amp, cl)
+    compile_s = None
+    if compiled:
+        net = maybe_compile(net, micro, cfg, b.device, amp, cl)
+        compile_s = net.compile_s
+    step = make_step(net, cfg, b.stats, b.device, micro, amp=amp, channels_last=cl)
+    return Model(arch, cfg, net, step, micro, macs, first_step_s, compile_s)
+
+
+def make_step(model, cfg: TrainConfig, stats: dict, device: torch.device, micro: int, *, amp: bool,
               channels_last: bool) -> TrainStep:
     """vgg_ray.engine's step, as the train loop runs it, at lr 0: SGD still computes momentum, weight decay
     and the update (torch has no shortcut for 0), but random data cannot drive the weights to inf/NaN
@@ -140,32 +251,32 @@ def maybe_compile(model, micro: int, cfg: TrainConfig, device: torch.device, amp
     return perf.compile_model(model, example, torch.bfloat16 if amp else None)
 
 
-def fit_micro_batch(model, cfg, stats, device, batch: int, micro: int, amp: bool, cl: bool,
-                    classes: int) -> tuple[int, float | None]:
-    """(micro-batch, seconds of the first step that fitted): `micro` if given (no step run), else the
-    largest power-of-two share of `batch` whose step fits in GPU memory. That first step of the model
-    pays for cuDNN's autotuning, so its time is the path's first-step time."""
-    if micro or device.type != "cuda":
-        return micro or batch, None
+def fit_micro_batch(b: Bench, cfg: TrainConfig, net: nn.Module, amp: bool, cl: bool) -> tuple[int, float | None]:
+    """(micro-batch, seconds of the first step that fitted): --micro-batch if given (no step run), else the
+    largest power-of-two share of the per-device batch whose step fits in GPU memory. That first step of
+    the model pays for cuDNN's autotuning, so its time is the path's first-step time."""
+    batch = cfg.per_worker_batch
+    if b.args.micro_batch or not b.on_gpu:
+        return b.args.micro_batch or batch, None
     micro = batch
-    x, y = next(synthetic_batches(batch, cfg.crop_size, classes, device, 0, 1))
+    x, y = next(b.synthetic(cfg))
     while True:
         try:
             t0 = time.perf_counter()
-            make_step(model, cfg, stats, device, micro, amp, cl)(x, y)
-            sync(device)
+            make_step(net, cfg, b.stats, b.device, micro, amp=amp, channels_last=cl)(x, y)
+            sync(b.device)
             return micro, time.perf_counter() - t0
         except torch.cuda.OutOfMemoryError:
             if micro == 1 or micro % 2:
                 raise
             micro //= 2
         finally:
-            for p in model.parameters():
+            for p in net.parameters():
                 p.grad = None
             torch.cuda.empty_cache()
 
 
-# ---- batch sources ----
+# ---- the paths: what feeds the step ----
 
 def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device, seed: int, pool: int = 2):
     """Random uint8 batches made once on the device and cycled (random, not zeros: zeros run faster)."""
@@ -175,22 +286,100 @@ def synthetic_batches(batch: int, crop: int, classes: int, device: torch.device,
     return itertools.cycle(made)
 
 
-def ray_batches(root: str, cfg: TrainConfig, batch: int, device: torch.device, prefetch: int,
-                on_device: bool = False):
+def ray_batches(b: Bench, cfg: TrainConfig, on_device: bool):
     from vgg_ray.device_decode import decode_batch
     from vgg_ray.distributed import data
 
-    ds = data.train_dataset(root, cfg.train_scale_px, cfg.crop_size, cfg.seed, on_device=on_device)
+    _start_ray(b.args.procs)
+    batch = cfg.per_worker_batch
+    ds = data.train_dataset(b.root, cfg.train_scale_px, cfg.crop_size, cfg.seed, on_device=on_device)
     while True:  # one pass per epoch: Ray Data re-executes the pipeline, as in training
         if on_device:  # as vgg_ray.distributed.train_loop.batches does with --decode gpu
-            for b in ds.iter_batches(batch_size=batch, drop_last=True, batch_format="numpy",
-                                     prefetch_batches=prefetch):
-                d = decode_batch(b, cfg.crop_size, device)
+            for d in ds.iter_batches(batch_size=batch, drop_last=True, batch_format="numpy",
+                                     prefetch_batches=b.args.prefetch):
+                d = decode_batch(d, cfg.crop_size, b.device)
                 yield d["image"], d["label"]
             continue
-        for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(device),
-                                       prefetch_batches=prefetch, pin_memory=device.type == "cuda"):
-            yield b["image"], b["label"]
+        for d in ds.iter_torch_batches(batch_size=batch, drop_last=True, device=str(b.device),
+                                       prefetch_batches=b.args.prefetch, pin_memory=b.on_gpu):
+            yield d["image"], d["label"]
+
+
+def _start_ray(cpus: int) -> None:
+    # The Ray started here is left to Ray's exit handler: shut down while a Ray Data prefetch thread of a
+    # closed iterator still runs, Ray ends the process with exit status 1. Hence too the figures are
+    # printed before the process exits.
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_synthetic(b: Bench, m: Model) -> dict:
+    res = b.timed(m.step, b.synthetic(m.cfg))
+    return {**res, "first_step_s": m.first_step_s or res["first_step_s"], "compile_s": m.compile_s}
+
+
+def run_ray(b: Bench, m: Model, on_device: bool = False) -> dict:
+    batches = ray_batches(b, m.cfg, on_device)
+    try:
+        return b.timed(m.step, batches)
+    finally:
+        batches.close()
+
+
+def run_peer(b: Bench, m: Model) -> dict:
+    images = b.work / "images"
+    if not images.is_dir():  # once per run, untimed; renamed when whole, so a failed write is not reused
+        write_images(b.root, b.work / "partial", b.args.peer_images)
+        (b.work / "partial").rename(images)
+    job = {"cfg": m.cfg.to_dict(), "classes": b.classes, "stats": b.stats, "micro": m.micro,
+           "batch": m.cfg.per_worker_batch, "compile": b.args.compile, "images": str(images),
+           "warmup": b.warmup, "steps": b.steps, "loader_workers": max(1, b.args.procs // b.args.gpus),
+           "threads": b.args.threads}
+    return spawn(_peer_rank, b.args.gpus, job)
+
+
+class Source(NamedTuple):
+    run: Callable[[Bench, Model], dict]  # the timed figures of `timed`
+    variant: str  # the row's variant in the JSON; ratios() compares the rows of these
+    ranks: bool  # the row's devices: --gpus DDP ranks, else the one device of this process
+    doc: str  # --help's and bench/README.md's description (tests/bench check that the README has it)
+
+
+PATHS: dict[str, Source] = {  # run in this order
+    "synthetic": Source(run_synthetic, "default", False,
+                        "random uint8 batches already on the device. This is the model's ceiling."),
+    "peer": Source(run_peer, "DDP+DataLoader", True,
+                   "a plain PyTorch loop, which is what most users would write: `--gpus` DDP ranks started "
+                   "with `torch.multiprocessing` (NCCL on GPU, gloo on CPU). Each rank reads through a "
+                   "`DataLoader` over a torchvision `ImageFolder` that holds the same images as JPEG files, "
+                   "decoded by its default (Pillow) loader and transformed by `transforms.v2` Resize(S), "
+                   "RandomCrop, RandomHorizontalFlip, as users write it (`bench.common.peer_transform`). DDP "
+                   "runs with its default settings."),
+    "ray": Source(run_ray, "Ray Data", False,
+                  "`vgg_ray.distributed.data.train_dataset(...).iter_torch_batches`, read in the driver process "
+                  "on one device. It does not use Ray Train: the step is the same as in the train loop, and one "
+                  "worker would add nothing per step."),
+    "ray-gpu": Source(lambda b, m: run_ray(b, m, on_device=True), "Ray Data, decode on device", False,
+                      "the `ray` path as the train loop runs it with `--decode gpu`: Ray Data carries the JPEG "
+                      "bytes and each image's window, and the batch is decoded and rendered on the device "
+                      "(`vgg_ray.device_decode`). On a CPU it decodes there."),
+}
+
+
+def paths_help() -> str:
+    return "paths (--paths; run in this order):\n" + "\n".join(
+        textwrap.fill(s.doc.replace("`", ""), 100, initial_indent=f"  {name:<11}", subsequent_indent=" " * 13)
+        for name, s in PATHS.items())
+
+
+def paths_table() -> str:
+    """bench/README.md's table of the paths, as markdown."""
+    return "\n".join(["| path | what feeds the step |", "|---|---|",
+                      *(f"| `{name}` | {s.doc} |" for name, s in PATHS.items())])
 
 
 # ---- the plain PyTorch peer, and the measured all-reduce, in spawned processes ----
@@ -239,7 +428,7 @@ def _peer_rank(rank: int, world: int, port: int, job: dict, results) -> None:
                 for x, y in dl:  # uint8 CHW from torchvision; the step takes NHWC
                     yield x.to(device, non_blocking=True).permute(0, 2, 3, 1), y.to(device, non_blocking=True)
 
-        step = make_step(ddp, cfg, job["stats"], device, job["micro"], on_gpu, on_gpu)
+        step = make_step(ddp, cfg, job["stats"], device, job["micro"], amp=on_gpu, channels_last=on_gpu)
         out = timed(step, batches(), job["warmup"], job["steps"], device)
         if rank == 0:
             results.put(out)
@@ -271,8 +460,6 @@ def measure_allreduce(nbytes: int, world: int, repeat: int = 5) -> dict:
             "seconds": s, "busbw": perf.busbw(nbytes, world, s)}
 
 
-# ---- data ----
-
 def decode_rate(root: str, cfg: TrainConfig, n: int = 64) -> float:
     """Images/s of the CPU transform (decode, rescale, crop, flip) on one core, this process."""
     t = shards.read_rows(root, "train", 0, min(n, shards.split_rows(root, "train")), ["image"])
@@ -287,181 +474,93 @@ def decode_rate(root: str, cfg: TrainConfig, n: int = 64) -> float:
 
 # ---- main ----
 
-def _row(arch, path, variant, res, *, batch, micro, devices, macs, peak, matmul, compile_s=None) -> dict:
-    ips = res["images_per_s"]
-    return {"arch": arch, "path": path, "variant": variant, "devices": devices, "batch": batch,
-            "micro_batch": micro, **res, "compile_s": compile_s,
-            "mfu": perf.mfu(ips, macs, peak.spec) if peak else None,
-            "mfu_vs_matmul": perf.mfu(ips, macs, matmul)}
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = parse(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    preset = args.preset or ("paper" if device.type == "cuda" else "smoke")
-    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not archs or any(a not in ARCHS for a in archs):
-        raise SystemExit(f"--arch {args.arch!r}: expected a comma list of {', '.join(ARCHS)}")
-    if not paths or any(p not in PATHS for p in paths):
-        raise SystemExit(f"--paths {args.paths!r}: expected a comma list of {', '.join(PATHS)}")
-    if device.type == "cuda" and args.gpus > torch.cuda.device_count():
-        raise SystemExit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPUs")
-    steps = args.steps or (30 if preset == "paper" else 8)
-    warmup = args.warmup or 3
-    try:
-        cfgs = {a: TrainConfig.from_preset(preset, arch=a, data=args.data, workers=args.gpus, seed=args.seed,
-                                           micro_batch=args.micro_batch,
-                                           **({"batch_size": args.batch} if args.batch else {}))
-                for a in archs}
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    on_gpu = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
-    out = result_path(args.out, f"{datetime.date.today().isoformat()}-{name}")
-    root = resolve(args.data)
-    manifest = shards.load_manifest(root)
-    stats = {k: manifest[k] for k in ("mean_rgb", "eigval", "eigvec")}
-    classes = 1000 if preset == "paper" else manifest["num_classes"]  # the paper's fc8, whatever the data
-    if not on_gpu:
-        torch.set_num_threads(args.threads)
-    settings = perf.configure_backends() if on_gpu else {"threads": args.threads}
-    peak = perf.bf16_peak(name) if on_gpu else None
-    matmul = (perf.measure_matmul_flops(device) if on_gpu
-              else perf.measure_matmul_flops(device, torch.float32, n=1024, repeat=3))
-    first = cfgs[archs[0]]
-    result = {"bench": "train", "date": datetime.date.today().isoformat(), "device": name, "gpus": args.gpus,
-              "torch": torch.__version__, "preset": preset, "data": args.data, "classes": classes,
-              "batch": first.batch_size, "per_device_batch": first.per_worker_batch, "crop": first.crop_size,
-              "train_scale_px": list(first.train_scale_px), "steps": steps, "warmup": warmup,
-              "compile": args.compile, "settings": settings,
-              "peak": {"name": peak.name if peak else None, "spec_flops": peak.spec if peak else None,
-                       "table_matmul_flops": peak.measured if peak else None,
-                       "matmul_flops": matmul, "matmul_dtype": "bfloat16 8192^3" if on_gpu else "float32 1024^3"},
-              "ray_path": "driver process, one device, iter_torch_batches (no Ray Train, no DDP)",
-              "peer_path": f"{args.gpus} DDP rank(s), DataLoader + ImageFolder, DDP defaults",
-              "decode_img_s_per_core": decode_rate(root, first), "results": [], "ratios": {}}
-    rows = result["results"]
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    try:
-        if "peer" in paths:
-            write_images(root, tmp / "images", args.peer_images)
-        for arch, cfg in cfgs.items():
-            b = cfg.per_worker_batch
-            model = new_model(cfg, classes, device)
-            macs = forward_macs(model, cfg.crop_size)
-            micro, first_step_s = fit_micro_batch(model, cfg, stats, device, b, args.micro_batch, on_gpu,
-                                                  on_gpu, classes)
-            common = {"batch": b, "micro": micro, "macs": macs, "peak": peak, "matmul": matmul}
-            compile_s = None
-            if args.compile:
-                model = maybe_compile(model, micro, cfg, device, on_gpu, on_gpu)
-                compile_s = model.compile_s
-            step = make_step(model, cfg, stats, device, micro, on_gpu, on_gpu)
-            if "synthetic" in paths:
-                res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
-                res["first_step_s"] = first_step_s or res["first_step_s"]
-                rows.append(_row(arch, "synthetic", "default", res, devices=1, compile_s=compile_s, **common))
-            if "peer" in paths:
-                job = {"cfg": cfg.to_dict(), "classes": classes, "stats": stats, "micro": micro, "batch": b,
-                       "compile": args.compile, "images": str(tmp / "images"), "warmup": warmup, "steps": steps,
-                       "loader_workers": max(1, args.procs // args.gpus),
-                       "threads": args.threads}
-                res = spawn(_peer_rank, args.gpus, job)
-                rows.append(_row(arch, "peer", "DDP+DataLoader", res, devices=args.gpus, **common))
-            for path in ("ray", "ray-gpu"):
-                if path in paths:
-                    _start_ray(args.procs)
-                    batches = ray_batches(root, cfg, b, device, args.prefetch, on_device=path == "ray-gpu")
-                    variant = "Ray Data, decode on device" if path == "ray-gpu" else "Ray Data"
-                    try:
-                        res = timed(step, batches, warmup, steps, device)
-                    except FloatingPointError as e:  # keep the other paths' figures; the JSON says why
-                        result.setdefault("errors", []).append(f"{arch} {path}: {e}")
-                        print(f"{arch} {path}: {e}", flush=True)
-                        continue
-                    finally:
-                        batches.close()
-                    rows.append(_row(arch, path, variant, res, devices=1, **common))
-            if args.ablate:
-                rows += ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul)
-            if args.project_scaling:
-                result.setdefault("scaling", {})[arch] = scaling(model, cfg, stats, classes, device, args,
-                                                                 warmup, steps, micro)
-            del model, step
-            if on_gpu:
+    b = setup(parse(argv))
+    result = header(b)
+    with tempfile.TemporaryDirectory(prefix="bench_train_", ignore_cleanup_errors=True) as work:
+        b.work = Path(work)
+        for arch, cfg in b.cfgs.items():
+            m = build(b, arch, cfg, compiled=b.args.compile)
+            for path in b.paths:
+                run_path(b, m, path, result)
+            if b.args.ablate:
+                result["results"] += ablate(b, arch, cfg)
+            if b.args.project_scaling:
+                result.setdefault("scaling", {})[arch] = scaling(b, m)
+            del m
+            if b.on_gpu:
                 torch.cuda.empty_cache()
-            result["ratios"][arch] = ratios(rows, arch)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            result["ratios"][arch] = ratios(result["results"], arch)
     print_table(result)
-    if out:
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {out}")
+    if b.out:
+        b.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {b.out}")
     print(json.dumps(result), flush=True)
-    # A Ray started here is left to Ray's exit handler: shut down while a Ray Data prefetch thread of a
-    # closed iterator still runs, Ray ends the process with exit status 1 (and, before the figures were
-    # printed first, nothing flushed).
     return result
 
 
-def _start_ray(cpus: int) -> None:
-    import ray
-
-    if ray.is_initialized():
+def run_path(b: Bench, m: Model, path: str, result: dict) -> None:
+    """One path's row in result["results"]; or, for a path that cannot run here (no Ray, no memory, a
+    non-finite loss, a failed rank), "<arch> <path>: <reason>" in result["errors"], and the next path runs."""
+    source = PATHS[path]
+    try:
+        res = source.run(b, m)
+    except Exception as e:  # every path alike: the reason goes in the JSON
+        reason = f"{m.arch} {path}: {type(e).__name__}: {e}"
+        result.setdefault("errors", []).append(reason)
+        print(reason, flush=True)
         return
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    result["results"].append(row(b, m, path, source.variant, res, devices=b.args.gpus if source.ranks else 1))
 
 
-def ablate(arch, cfg, stats, classes, device, args, warmup, steps, macs, peak, matmul) -> list[dict]:
-    """Synthetic images/s as the speed settings are added one at a time (each row keeps the ones above)."""
-    on_gpu = device.type == "cuda"
-    ladder = [("fp32, NCHW, no autotuning", False, False, False, False),
-              ("+ TF32, cudnn.benchmark", False, False, True, False),
-              ("+ bf16 autocast", True, False, True, False),
-              ("+ channels_last", True, True, True, False)]
-    if on_gpu:  # inductor on CPUs compiles C++ for minutes; the GPU is where it matters
-        ladder.append(("+ torch.compile", True, True, True, True))
+def row(b: Bench, m: Model, path: str, variant: str, res: dict, devices: int = 1) -> dict:
+    ips = res["images_per_s"]
+    return {"arch": m.arch, "path": path, "variant": variant, "devices": devices, "batch": m.cfg.per_worker_batch,
+            "micro_batch": m.micro, "compile_s": None, **res,
+            "mfu": bench_perf.mfu(ips, m.macs, b.peak.spec) if b.peak else None,
+            "mfu_vs_matmul": bench_perf.mfu(ips, m.macs, b.matmul)}
+
+
+# (variant, bf16 autocast, channels_last, TF32 + cudnn.benchmark, torch.compile); each row keeps the ones above
+LADDER = [("fp32, NCHW, no autotuning", False, False, False, False),
+          ("+ TF32, cudnn.benchmark", False, False, True, False),
+          ("+ bf16 autocast", True, False, True, False),
+          ("+ channels_last", True, True, True, False),
+          ("+ torch.compile", True, True, True, True)]
+
+
+def ablate(b: Bench, arch: str, cfg: TrainConfig) -> list[dict]:
+    """Synthetic images/s as the speed settings are added one at a time."""
+    ladder = LADDER if b.on_gpu else LADDER[:-1]  # inductor on CPUs compiles C++ for minutes
     rows = []
     try:
         for variant, amp, cl, fast, compiled in ladder:
-            if on_gpu:
+            if b.on_gpu:
                 perf.configure_backends(cudnn_benchmark=fast, tf32=fast)
-            b = cfg.per_worker_batch
-            model = new_model(cfg, classes, device, channels_last=cl)
-            micro, _ = fit_micro_batch(model, cfg, stats, device, b, args.micro_batch, amp and on_gpu, cl, classes)
-            compile_s = None
-            if compiled:
-                model = maybe_compile(model, micro, cfg, device, amp, cl)
-                compile_s = model.compile_s
-            step = make_step(model, cfg, stats, device, micro, amp and on_gpu, cl and on_gpu)
-            res = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps, device)
-            rows.append(_row(arch, "synthetic", variant, res, batch=b, micro=micro, devices=1, macs=macs,
-                             peak=peak, matmul=matmul, compile_s=compile_s))
-            del model, step
+            m = build(b, arch, cfg, amp=amp, channels_last=cl, compiled=compiled)
+            res = {**b.timed(m.step, b.synthetic(cfg)), "compile_s": m.compile_s}
+            rows.append(row(b, m, "synthetic", variant, res))
+            del m
     finally:
-        if on_gpu:
+        if b.on_gpu:
             perf.configure_backends()
             torch.cuda.empty_cache()
     return rows
 
 
-def scaling(model, cfg, stats, classes, device, args, warmup, steps, micro) -> dict:
+def scaling(b: Bench, m: Model) -> dict:
     """Step times on this device at the per-device batches of 1, 4 and 8 GPUs sharing the global batch,
-    the all-reduce (measured when --allreduce-world >= 2), and the projection (vgg_ray.perf)."""
-    net = getattr(model, "_orig_mod", model)
-    on_gpu = device.type == "cuda"
+    the all-reduce (measured when --allreduce-world >= 2), and the projection (bench.perf)."""
+    net, cfg = getattr(m.net, "_orig_mod", m.net), m.cfg
     step_s = {}
     for n in (1, 4, 8):
-        b = max(1, cfg.batch_size // n)
-        step = make_step(model, cfg, stats, device, min(micro, b), on_gpu, on_gpu)
-        step_s[n] = timed(step, synthetic_batches(b, cfg.crop_size, classes, device, cfg.seed), warmup, steps,
-                          device)["step_s"]
-    grads = perf.gradient_bytes(net)
-    tail = perf.tail_bytes(net)
-    busbw = dict(perf.ASSUMED_BUSBW)
-    world = args.allreduce_world or args.gpus
+        batch = max(1, cfg.batch_size // n)
+        step = make_step(m.net, cfg, b.stats, b.device, min(m.micro, batch), amp=b.on_gpu, channels_last=b.on_gpu)
+        step_s[n] = b.timed(step, b.synthetic(cfg, batch))["step_s"]
+    grads = bench_perf.gradient_bytes(net)
+    tail = bench_perf.tail_bytes(net)
+    busbw = dict(bench_perf.ASSUMED_BUSBW)
+    world = b.args.allreduce_world or b.args.gpus
     measured = None
     if world >= 2:
         measured = measure_allreduce(grads["total"], world)
@@ -469,12 +568,12 @@ def scaling(model, cfg, stats, classes, device, args, warmup, steps, micro) -> d
     return {"global_batch": cfg.batch_size, "step_s_by_gpus": step_s, "grad_bytes": grads["total"],
             "fc_share": grads["fc_share"], "tail_bytes": tail, "bucket_cap_mb": perf.BUCKET_CAP_MB,
             "allreduce_measured": measured, "paper_4gpu_speedup": 3.75,
-            "projection": perf.project_scaling(step_s, grads["total"], tail, busbw)}
+            "projection": bench_perf.project_scaling(step_s, grads["total"], tail, busbw)}
 
 
 def ratios(rows: list[dict], arch: str) -> dict:
-    get = {r["path"]: r["images_per_s"] for r in rows if r["arch"] == arch and r["variant"] in
-           ("default", "Ray Data", "Ray Data, decode on device", "DDP+DataLoader")}
+    get = {r["path"]: r["images_per_s"] for r in rows
+           if r["arch"] == arch and r["variant"] == PATHS[r["path"]].variant}
     out = {}
     for a, b in (("ray", "synthetic"), ("ray", "peer"), ("ray-gpu", "synthetic"), ("ray-gpu", "peer"),
                  ("ray-gpu", "ray"), ("peer", "synthetic")):
@@ -500,6 +599,8 @@ def print_table(result: dict) -> None:
     for arch, rs in result["ratios"].items():
         if rs:
             print(f"{arch}: " + ", ".join(f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in rs.items()))
+    for reason in result.get("errors", []):
+        print(f"not measured: {reason}")
     rate = result["decode_img_s_per_core"]
     print(f"CPU transform (decode, rescale, crop, flip): {rate:.0f} images/s per core")
     for arch, sc in result.get("scaling", {}).items():

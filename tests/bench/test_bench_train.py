@@ -7,18 +7,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from bench import bench_train
-from vgg_ray import perf
+from bench import bench_train, perf
 from vgg_ray.models import build_vgg
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {"arch", "path", "variant", "devices", "batch", "micro_batch", "images_per_s", "step_s",
             "first_step_s", "first_batch_s", "peak_mem_gib", "mfu", "mfu_vs_matmul", "compile_s", "loss",
             "images"}
+MAIN_VARIANTS = {s.variant for s in bench_train.PATHS.values()}
+
 
 def tiny(arch: str = "D") -> torch.nn.Module:
     return build_vgg(arch, num_classes=10, width=1 / 16, fc_width=256, crop_size=32)  # the smoke preset's net
@@ -28,8 +30,7 @@ def _check_result(result: dict, paths: set[str]) -> None:
     assert {"device", "preset", "peak", "results", "ratios", "decode_img_s_per_core", "batch"} <= set(result)
     assert result["device"] == "cpu" and result["preset"] == "smoke"
     assert result["peak"]["matmul_flops"] > 0 and result["decode_img_s_per_core"] > 0
-    rows = {r["path"]: r for r in result["results"]
-            if r["variant"] in ("default", "Ray Data", "Ray Data, decode on device", "DDP+DataLoader")}
+    rows = {r["path"]: r for r in result["results"] if r["variant"] in MAIN_VARIANTS}
     assert set(rows) == paths
     for r in rows.values():
         assert set(r) == ROW_KEYS
@@ -61,6 +62,25 @@ def test_bench_cpu_synthetic_and_peer(demo_shards, tmp_path):
     assert all(k.startswith(("assumed:", "measured:")) for k in labels)
     for scenario in sc["projection"].values():
         assert all(v["speedup_overlap"] >= v["speedup_no_overlap"] > 0 for k, v in scenario.items() if k != "busbw")
+
+
+def test_readme_path_table_is_the_benchmarks():
+    readme = (ROOT / "bench" / "README.md").read_text()
+    start = readme.index("| path | what feeds the step |")
+    table = readme[start:readme.index("\n\n", start)]
+    assert table == bench_train.paths_table(), \
+        "bench/README.md's path table is not bench_train.PATHS'; put this in its place:\n" + bench_train.paths_table()
+
+
+def test_a_path_that_cannot_run_is_named_with_its_reason(monkeypatch, capsys):
+    def broken(b, m):
+        raise ImportError("No module named 'ray'")
+
+    monkeypatch.setitem(bench_train.PATHS, "ray", bench_train.PATHS["ray"]._replace(run=broken))
+    result = {"results": []}
+    bench_train.run_path(SimpleNamespace(), SimpleNamespace(arch="D"), "ray", result)
+    assert result == {"results": [], "errors": ["D ray: ImportError: No module named 'ray'"]}
+    assert "D ray: ImportError" in capsys.readouterr().out
 
 
 def test_bench_rejects_bad_flags():
