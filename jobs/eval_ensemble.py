@@ -6,7 +6,7 @@ scales Q, each model alone and every fusion of two or more (Tables 3-6), over th
   python jobs/eval_ensemble.py --model vgg16=vgg16-397923af.pth --data shards/ --methods dense --out eval/tv
 
 SOURCE is a training run directory (its best.pt), a checkpoint file, or a torchvision vgg11/13/16/19
-.pth. Q defaults per model to §3.2's set for its training scale S; --scales (paper units, pixels at a
+.pth. Q defaults per model to §3.2's set for its training scale S; --test-scales (paper units, pixels at a
 224 crop) overrides. Locally it starts Ray; submitted with `ray job submit` it joins the cluster.
 """
 

@@ -2,7 +2,7 @@
 jittered S in [256, 512]; then the evaluations of Tables 3-5 and the D+E fusion of Table 6.
 
   python jobs/reproduce.py --data s3://bucket/imagenet --storage s3://bucket/runs --name vgg --workers 8
-  python jobs/reproduce.py --archs D,E --preset smoke --data demo --device cpu --workers 2 --max-epochs 2
+  python jobs/reproduce.py --arch D,E --preset smoke --data demo --device cpu --workers 2 --max-epochs 2
 
 Submit it again with the same --storage and --name and it skips every finished stage.
 """
@@ -13,26 +13,31 @@ import argparse
 import json
 import sys
 
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, fail, from_args, lr_note
-from vgg_ray.models import ARCHS
+from vgg_ray.config import (
+    ARCHS_HELP,
+    TrainConfig,
+    UsageError,
+    add_arguments,
+    fail,
+    from_args,
+    lr_note,
+    parse_archs,
+)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", default="all", help="configurations to reproduce (A is always trained: "
-                        "the others start from it), e.g. D,E; default all")
+    parser.add_argument("--arch", "--archs", default="all", help="configurations of Table 1 to reproduce (A is "
+                        f"always trained: the others start from it): {ARCHS_HELP} (default all)")
     parser.add_argument("--init-a", default="glorot", choices=("glorot", "gaussian"),
                         help="initialisation of A (and A-LRN), trained from scratch")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N validation images only")
     add_arguments(parser, TrainConfig, skip=("arch", "train_scale", "init"))
     args = parser.parse_args(argv)
-    archs = list(ARCHS) if args.archs == "all" else [a.strip() for a in args.archs.split(",") if a.strip()]
-    bad = [a for a in archs if a not in ARCHS]
-    if bad or not archs:
-        parser.error(f"--archs {args.archs!r}: expected a comma list of {', '.join(ARCHS)}, or all")
     if args.name is None:
         args.name = "reproduce"
-    try:
+    try:  # every flag is checked before any work starts
+        archs = parse_archs(args.arch)
         base = from_args(args, TrainConfig, arch="A")
     except ValueError as e:
         fail(parser, str(e))

@@ -14,22 +14,23 @@ import json
 import sys
 
 from vgg_ray.checkpoints import load_model, resolve_source
-from vgg_ray.config import TrainConfig, UsageError, add_arguments, fail, from_args, lr_note
+from vgg_ray.config import (
+    ARCHS_HELP,
+    TrainConfig,
+    UsageError,
+    add_arguments,
+    fail,
+    from_args,
+    lr_note,
+    parse_archs,
+)
 from vgg_ray.imagenet.demo import resolve_data
-from vgg_ray.models import ARCHS
 from vgg_ray.storage import delete_dir, is_file, join, read_bytes
-
-
-def parse_archs(text: str) -> list[str]:
-    archs = list(ARCHS) if text == "all" else [a.strip() for a in text.split(",") if a.strip()]
-    if not archs or any(a not in ARCHS for a in archs) or len(set(archs)) != len(archs):
-        raise ValueError(f"--arch {text!r}: expected {', '.join(ARCHS)}, a comma list of them (each once), or all")
-    return archs
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="A", help="A, A-LRN, B, C, D, E, a comma list, or all (default A)")
+    parser.add_argument("--arch", default="A", help=f"configurations of Table 1 to train: {ARCHS_HELP} (default A)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration of each arch and exit, without starting Ray")
     parser.add_argument("--fresh", action="store_true",

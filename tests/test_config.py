@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from vgg_ray.config import PRESETS, EvalConfig, TrainConfig, add_arguments, from_args
+from vgg_ray.config import (
+    PRESETS,
+    RESUMABLE_FIELDS,
+    EvalConfig,
+    TrainConfig,
+    add_arguments,
+    from_args,
+    parse_archs,
+)
+
+from .jobs import job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +107,9 @@ def test_bad_training_flags_name_the_flag(argv, flag):
 
 def test_eval_config_from_flags():
     cfg = parse(EvalConfig, ["--model", "D=runs/x/D", "--model", "E=s3://b/runs/E", "--out", "ev",
-                             "--scales", "512,256", "--methods", "dense"])
-    assert cfg.models == {"D": "runs/x/D", "E": "s3://b/runs/E"} and cfg.scales == (256, 512)
+                             "--test-scales", "512,256", "--methods", "dense"])
+    assert cfg.models == {"D": "runs/x/D", "E": "s3://b/runs/E"} and cfg.test_scales == (256, 512)
+    assert parse(EvalConfig, ["--model", "A=a", "--out", "o", "--scales", "384"]).test_scales == (384,)  # old flag
     assert cfg.methods == ("dense",) and cfg.max_batch == 250
     assert parse(EvalConfig, ["--model", "A=a", "--out", "o"]).methods == ("dense", "multi-crop")
     for argv, msg in [(["--out", "o"], "--model is required"), (["--model", "A=a"], "--out is required"),
@@ -105,10 +117,13 @@ def test_eval_config_from_flags():
                       (["--model", "A=a", "--model", "A=b", "--out", "o"], "each NAME may be given once"),
                       (["--model", "a/b=c", "--out", "o"], "a name is letters"),
                       (["--model", "A=a", "--out", "o", "--methods", "ten-crop"], "'ten-crop' is not one of"),
-                      (["--model", "A=a", "--out", "o", "--scales", "100"], "Q must be >= 224"),
-                      (["--model", "A=a", "--out", "o", "--limit", "-1"], "--limit -1: must be >= 0")]:
+                      (["--model", "A=a", "--out", "o", "--test-scales", "100"], "Q must be >= 224"),
+                      (["--model", "A=a", "--out", "o", "--limit", "-1"], "--limit -1: must be >= 0"),
+                      (["--model", "A=a", "--out", "o", "--max-batch", "0"], "--max-batch 0: must be >= 1")]:
         with pytest.raises(ValueError, match=msg):
             parse(EvalConfig, argv)
+    with pytest.raises(ValueError, match="--split 'test': expected val or train"):  # a config not from flags
+        EvalConfig(models={"A": "a"}, split="test")
 
 
 def test_help_shows_each_default_after_the_preset():
@@ -119,6 +134,55 @@ def test_help_shows_each_default_after_the_preset():
     assert "(default 224; small preset 128; smoke preset 32)" in text  # --crop-size
     assert "(default 2; small preset 3; smoke preset 4)" in text and "{paper,small,smoke}" in text
     assert all(f"--{k.replace('_', '-')}" in text for v in PRESETS.values() for k in v)
+
+
+def test_an_eval_config_saved_before_the_rename_of_scales_still_loads():
+    saved = EvalConfig(models={"D": "runs/D"}, test_scales=(256, 384)).to_dict()
+    saved["scales"] = saved.pop("test_scales")
+    assert EvalConfig.from_dict(saved).test_scales == (256, 384)
+
+
+def test_help_lists_the_flags_by_section_with_what_each_accepts():
+    text = subprocess.run([sys.executable, "jobs/train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    titles = ["preset:", "network (Table 1) and its initialisation (§3.1):", "data:", "training recipe (§3.1):",
+              "cluster and resources:", "output:"]
+    at = [text.index(f"\n{t}\n") for t in titles]
+    assert at == sorted(at), "sections out of order"
+
+    def section(flag: str) -> str:
+        where = re.search(rf"^  {flag}\b", text, re.MULTILINE).start()  # where it is listed, not named in a help
+        return titles[sum(a < where for a in at) - 1]
+
+    assert section("--width") == section("--init-std") == titles[1]
+    assert section("--train-scale") == section("--decode") == "data:"
+    assert section("--momentum") == section("--plateau-patience") == "training recipe (§3.1):"
+    assert section("--workers") == section("--max-failures") == "cluster and resources:"
+    assert section("--storage") == section("--name") == "output:"
+    flat = " ".join(text.split())
+    assert "SGD momentum; must be in [0, 1) (default 0.9)" in flat
+    assert "must be >= -1 (-1: no limit) (default 3)" in flat  # --max-failures
+    p = argparse.ArgumentParser()
+    add_arguments(p, EvalConfig)
+    flat = " ".join(p.format_help().split())
+    assert "test protocol (§3.2):" in flat and "--test-scales Q1,Q2,..., --scales Q1,Q2,..." in flat
+    assert "per forward pass; must be >= 1 (default 250)" in flat  # --max-batch
+
+
+def test_the_fields_a_resumed_run_may_change_are_how_it_runs():
+    assert set(RESUMABLE_FIELDS) == {"max_epochs", "workers", "micro_batch", "cpus_per_worker", "resize_check_s",
+                                     "device", "decode", "storage", "shared_fs", "max_failures", "grad_allreduce"}
+
+
+def test_archs_are_one_comma_list_for_both_jobs(capsys):
+    assert parse_archs("all") == ["A", "A-LRN", "B", "C", "D", "E"] and parse_archs(" D, E") == ["D", "E"]
+    for bad in ("F", "A,A", "", ","):
+        with pytest.raises(ValueError, match=r"^--arch .*: expected A, A-LRN, B, C, D, E, a comma list .* or all$"):
+            parse_archs(bad)
+    for flag in ("--arch", "--archs"):  # reproduce.py: --arch, and --archs as before; refused before Ray starts
+        with pytest.raises(SystemExit):
+            job("reproduce").main([flag, "D,F"])
+        assert "error: --arch 'D,F': expected A, A-LRN," in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("job,argv", [
@@ -137,7 +201,7 @@ def test_print_config_resolves_without_starting_ray(job, argv):
 @pytest.mark.parametrize("job,argv,msg", [
     ("train.py", ["--dropout", "2"], "--dropout 2.0: must be in [0, 1)"),
     ("train.py", ["--arch", "F"], "--arch 'F'"),
-    ("eval_ensemble.py", ["--model", "A=x", "--out", "o", "--scales", "100"], "Q must be >= 224"),
+    ("eval_ensemble.py", ["--model", "A=x", "--out", "o", "--test-scales", "100"], "Q must be >= 224"),
     ("train.py", ["--data", "/nonexistent/shards"], "--data '/nonexistent/shards'"),
     ("train.py", ["--data", "demo", "--preset", "smoke", "--init", "from:/nonexistent/run"],
      "--init from:/nonexistent/run: /nonexistent/run: no such checkpoint"),

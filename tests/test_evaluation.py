@@ -1,4 +1,4 @@
-"""§3.2's test protocol (vgg_ray/evaluation.py) on tiny nets, without Ray."""
+"""§3.2's test protocol (vgg_ray/evaluation.py) on tiny nets, and the plan of its fan-out, without Ray."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from vgg_ray.evaluation import (
     multi_crop_and_dense,
     multi_crop_posteriors,
     multi_crop_views,
+    plan_pieces,
     topk_errors,
+    work_macs,
 )
-from vgg_ray.models import build_vgg
+from vgg_ray.models import build_vgg, forward_macs
 from vgg_ray.scales import scales_px
 
 CROP = 32
@@ -147,6 +149,32 @@ def test_topk_errors_by_hand():
     assert (top1, top5) == (50.0, 25.0)
     # Fewer classes than 5: every label is in the top 5.
     assert topk_errors(P_DENSE, torch.tensor([2, 0])) == (100.0, 0.0)
+
+
+def test_pieces_tile_every_model_method_and_q_most_expensive_first():
+    scales = {"A": {256: 37, 384: 55}, "B": {256: 37}}
+    pieces = plan_pieces(60, scales, (DENSE, MULTI_CROP), slice_images=12)
+    assert len(pieces) == (2 + 1) * 2 * 5  # (model, Q) x methods x 60 / 12 slices
+    assert [p["index"] for p in pieces] == list(range(len(pieces)))
+    for m, qs in scales.items():
+        for meth in (DENSE, MULTI_CROP):
+            for q, px in qs.items():
+                mine = sorted((p["start"], p["stop"]) for p in pieces
+                              if (p["model"], p["method"], p["scale"], p["scale_px"]) == (m, meth, q, px))
+                assert mine == [(a, a + 12) for a in range(0, 60, 12)]  # [0, 60) once
+    # multi-crop (50 crops an image) before dense at Q = 384 (2 x 4/3 x (384/224)^2 ~ 7.8 crops)
+    assert [p["method"] for p in pieces[:15]] == [MULTI_CROP] * 15
+    assert (pieces[15]["method"], pieces[15]["scale"]) == (DENSE, 384)
+    # slices uneven where 12 does not divide the images; 0 = auto (at least 8 images a slice)
+    assert sorted({p["stop"] - p["start"] for p in plan_pieces(50, {"A": {256: 37}}, [DENSE], 12)}) == [10]
+    assert len(plan_pieces(20, {"A": {256: 37}}, [DENSE])) == 3
+
+
+def test_work_is_each_piece_s_crop_forwards_times_one_crop_s_macs(model):
+    pieces = plan_pieces(60, {"A": {256: 37, 384: 55}}, (DENSE, MULTI_CROP), slice_images=12)
+    # 60 images x 2 Q x (50 crops + 2 whole images of ~4/3 x (px/32)^2 crops each)
+    expected = 60 * forward_macs(model, CROP) * sum(50 + 2 * 4 / 3 * (px / CROP) ** 2 for px in (37, 55))
+    assert work_macs(pieces, {"A": model}) == pytest.approx(expected)
 
 
 def _filled_table():

@@ -2,18 +2,21 @@
 validated on construction, and one CLI flag generator for both. Pure Python.
 
 The same object is parsed from the CLI, travels to Ray workers as `to_dict()`, and is saved with each run.
-Scales are in the paper's units (see vgg_ray/scales.py).
+Scales are in the paper's units (see vgg_ray/scales.py). Each field says, where it is declared, its --help
+section, the values it accepts and whether a resumed run may change it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import NoReturn
+from typing import Any, ClassVar, NamedTuple, NoReturn
 
 from vgg_ray.evaluation import NETWORK_METHODS
 from vgg_ray.models import ARCHS, GAUSSIAN_STD
@@ -21,10 +24,10 @@ from vgg_ray.scales import parse_pair, parse_scale, parse_test_scales, scale_to_
 from vgg_ray.storage import absolute, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # model names become file names
-# --decode auto decodes on the CPUs from this many CPUs per training GPU. On an H100 node of 2026-11-23
-# (bench/README.md, "Performance table"), 16 cores of Ray Data fed VGG-D at 0.99 of its synthetic
-# ~3,050 images/s, and decoding on the GPU gave 0.72; ours decodes 480-680 images/s per core, so D needs
-# ~5-6.5 busy cores per GPU, and Ray Data's own processes take more.
+# --decode auto decodes on the CPUs from this many CPUs per training GPU: on an H100 node, 16 cores of Ray
+# Data fed VGG-D at 0.99 of its synthetic ~3,050 images/s, and decoding on the GPU gave 0.72 (bench/README.md,
+# "Performance table"); ours decodes 480-680 images/s per core, so D needs ~5-6.5 busy cores per GPU, and
+# Ray Data's own processes take more.
 AUTO_CPU_DECODE_CPUS_PER_GPU = 8
 # §3.1: learning rate 1e-2 for mini-batches of 256. Another batch takes the rate scaled linearly (Goyal et
 # al. 2017's rule: the same step per image), so a smaller preset, or --batch-size alone, keeps the paper's
@@ -37,12 +40,52 @@ def scaled_lr(batch_size: int, lr_at_paper_batch: float = PAPER_LR) -> float:
     return lr_at_paper_batch * batch_size / PAPER_BATCH
 
 
-def _f(default, help: str, **meta):
-    """A config field: its default, its --help text and, in `meta`, how its flag parses (choices,
-    repeat=True for a flag given once per item, required=True, metavar)."""
+class Range(NamedTuple):
+    """The values a field accepts: `accepted` follows "must be" in its --help and in its error."""
+    accepted: str
+    ok: Callable[[Any], bool]
+
+
+def at_least(low: float, note: str = "") -> Range:
+    return Range(f">= {low}{note}", lambda v: v >= low)
+
+
+def above(low: float) -> Range:
+    return Range(f"> {low}", lambda v: v > low)
+
+
+def within(low: float, high: float, high_open: bool = False) -> Range:
+    """[low, high], or [low, high) with high_open."""
+    if high_open:
+        return Range(f"in [{low}, {high})", lambda v: low <= v < high)
+    return Range(f"in [{low}, {high}]", lambda v: low <= v <= high)
+
+
+def _f(default, help: str, *, section: str | None = None, must_be: Range | None = None, resumable: bool = False,
+       **meta):
+    """A config field: its default; its --help text and the --help section it is listed in; the values it
+    accepts (`must_be`: checked on construction, shown in --help); whether a resumed run may change it
+    (`resumable`: how the run goes, not what it trains); and, in `meta`, how its flag parses (choices,
+    repeat=True for a flag given once per item, required=True, metavar, aliases: other spellings)."""
+    meta = {"help": help, "section": section, "must_be": must_be, "resumable": resumable, **meta}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _in(section: str):
+    return functools.partial(_f, section=section)
+
+
+# --help sections, in the order the dataclasses declare their fields
+_preset = _in("preset")
+_network = _in("network (Table 1) and its initialisation (§3.1)")
+_data = _in("data")
+_recipe = _in("training recipe (§3.1)")
+_models = _in("models and data")
+_protocol = _in("test protocol (§3.2)")
+_cluster = _in("cluster and resources")
+_output = _in("output")
 
 
 class UsageError(ValueError):
@@ -76,6 +119,8 @@ def fail(parser: argparse.ArgumentParser, problems: str) -> NoReturn:
 
 
 class _Config:
+    RENAMED: ClassVar[dict[str, str]] = {}  # old field name -> new, so saved configurations stay readable
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -85,6 +130,7 @@ class _Config:
     @classmethod
     def from_dict(cls, d: dict):
         known = {f.name for f in fields(cls)}
+        d = {cls.RENAMED.get(k, k): v for k, v in d.items()}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes):
@@ -106,113 +152,119 @@ class _Problems(list):
         if not ok:
             self.append(message)
 
-    def ranges(self, cfg, rules: dict[str, tuple[str, callable]]) -> None:
-        for name, (accepted, ok) in rules.items():
-            value = getattr(cfg, name)
-            self.check(value is None or ok(value), f"--{name.replace('_', '-')} {value}: must be {accepted}")
+    def declared(self, cfg) -> None:
+        """Each field's choices and range, as its declaration gives them (None: unset, accepted)."""
+        for f in fields(cfg):
+            value, choices, must_be = getattr(cfg, f.name), f.metadata.get("choices"), f.metadata.get("must_be")
+            if choices:
+                self.check(value in choices, f"{_flag(f)} {value!r}: expected {_either(choices)}")
+            if must_be:
+                self.check(value is None or must_be.ok(value), f"{_flag(f)} {value}: must be {must_be.accepted}")
 
     def raise_any(self) -> None:
         if self:
             raise ValueError("\n".join(self))
 
 
-def _check_device(device: str, problems: _Problems) -> None:
-    problems.check(device in ("auto", "gpu", "cpu"), f"--device {device!r}: expected auto, gpu or cpu")
+def _either(words) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 @dataclass
 class TrainConfig(_Config):
-    arch: str = _f("A", "configuration of Table 1", choices=list(ARCHS))
-    data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
-    preset: str = _f("paper", "'paper' (the paper's numbers), 'small' (1/4 width, 128-pixel crops: a 10-class "
-                              "ImageNet subset on one GPU) or 'smoke' (1/16 width, 32-pixel crops: CPUs, tests)",
-                     choices=["paper", "small", "smoke"])
-    train_scale: tuple[int, int] = _f((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)",
-                                      metavar="S|SMIN-SMAX")
-    crop_size: int = _f(224, "training crop side, pixels (224 in the paper)")
-    width: float = _f(1.0, "channel multiplier of the conv layers (1 in the paper)")
-    fc_width: int = _f(4096, "channels of fc6 and fc7 (4096 in the paper)")
-    batch_size: int = _f(256, "global mini-batch, images, whatever the number of workers (§3.1: 256)")
-    micro_batch: int = _f(0, "images per worker per forward pass, gradients accumulated over a worker's share "
-                             "of the batch; 0 = the share at the most workers (an elastic run that shrinks "
-                             "accumulates, and never runs a larger forward pass than it started with)")
-    lr: float | None = _f(None, "initial learning rate; unset, the paper's 1e-2 per 256 images scaled linearly "
-                                "to --batch-size (§3.1: 1e-2 at 256; a fine-tune from another net, 1e-3)",
-                          shown=lambda preset: f"{scaled_lr(PRESETS[preset].get('batch_size', PAPER_BATCH)):g}")
-    momentum: float = _f(0.9, "SGD momentum, in [0, 1)")
-    weight_decay: float = _f(5e-4, "L2 penalty multiplier, >= 0")
-    dropout: float = _f(0.5, "dropout ratio after fc6 and fc7, in [0, 1)")
-    bias_decay: float = _f(1.0, "weight decay on biases, as a multiple of --weight-decay: 1 decays them as the "
-                                "weights (the paper names an L2 penalty and is silent on biases), 0 leaves them "
-                                "undecayed as Caffe's reference nets did (decay_mult: 0)")
-    plateau_patience: int = _f(2, "epochs without a better validation top-1 before the rate is divided by 10")
-    plateau_threshold: float | None = _f(None, "how much validation top-1 accuracy (in [0, 1]) must beat the "
-                                         "best by to count as better; unset, one standard error of top-1 on "
-                                         "the validation set, sqrt(0.7*0.3/n): 0.002 on ILSVRC-2012's 50,000 "
-                                         "images, 0.02 on the demo's 500, so noise does not postpone the "
-                                         "rate's division", shown="one standard error")
-    max_lr_decreases: int = _f(3, "§3.1: the rate was divided 3 times; the next plateau ends training")
-    max_epochs: int = _f(74, "hard stop, epochs (§3.1: 74)")
-    init: str = _f("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer; the layers not "
-                             "copied are drawn with the source's scheme and std)")
+    preset: str = _preset("paper", "'paper' (the paper's numbers), 'small' (1/4 width, 128-pixel crops: a 10-class "
+                                   "ImageNet subset on one GPU) or 'smoke' (1/16 width, 32-pixel crops: CPUs, tests)",
+                          choices=["paper", "small", "smoke"])
+
+    arch: str = _network("A", "configuration of Table 1", choices=list(ARCHS))
+    width: float = _network(1.0, "channel multiplier of the conv layers (1 in the paper)", must_be=above(0))
+    fc_width: int = _network(4096, "channels of fc6 and fc7 (4096 in the paper)", must_be=at_least(1))
+    crop_size: int = _network(224, "training crop side, pixels (224 in the paper); the net's fc6 is built for it")
+    init: str = _network("glorot", "glorot, gaussian, or from:RUN_DIR_OR_CHECKPOINT (§3.1 transfer; the layers "
+                                   "not copied are drawn with the source's scheme and std)")
     # §3.1's "variance 1e-2" would be std 0.1: on 0-255 pixels minus the mean that gives a fresh A logits
     # of std ~1e7-1e8, which no run survives; Caffe's Gaussian filler and most re-implementations use 0.01.
-    init_std: float = _f(GAUSSIAN_STD, "std of the gaussian init; 0.01 as in Caffe, not the 0.1 that §3.1's "
-                                       "'variance 1e-2' reads as (logits of std ~1e8 on 0-255 input)")
-    colour_shift_std: float = _f(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)")
-    workers: tuple[int, int] = _f((1, 1), "Ray Train workers (one per GPU): N, or MIN-MAX for an elastic run that "
-                                          "starts with what can be placed, grows when nodes join and shrinks "
-                                          "when one is lost; the global batch stays --batch-size",
-                                  metavar="N|MIN-MAX")
-    cpus_per_worker: int = _f(1, "CPUs each train worker holds; a node's other CPUs run Ray Data's decoding")
-    resize_check_s: float = _f(60.0, "elastic runs: seconds between Ray Train's looks for room to grow (a "
-                                     "growth restarts the workers from the last checkpoint)")
-    device: str = _f("auto", "auto: GPUs when the cluster has GPU nodes or its autoscaler can add them (or this "
-                             "machine has CUDA), else CPUs; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
-    storage: str = _f("runs", "where runs are written: a path or a URI such as s3://bucket/runs")
-    name: str = _f("", "run name under --storage (default: <preset>-S<train scale>); resume by reusing it")
-    decode: str = _f("auto", "where training JPEGs are decoded: gpu (nvJPEG on the train workers' device; "
-                             "Ray Data's CPUs only draw the crops), cpu (Ray Data's tasks), or auto (gpu when "
-                             f"training on GPUs with fewer than {AUTO_CPU_DECODE_CPUS_PER_GPU} CPUs per GPU in "
-                             "the cluster, else cpu)", choices=["auto", "gpu", "cpu"])
-    shared_fs: bool = _f(False, "--storage and --data are local paths that every node of the cluster mounts "
-                                "(NFS, a FUSE bucket); without it a multi-node cluster needs URIs")
-    grad_allreduce: str = _f("fp32", "precision of DDP's gradient all-reduce on GPUs (NCCL): fp32, so results do "
-                                     "not depend on the number of GPUs (§3.3), or bf16 (half the bytes)",
-                             choices=["fp32", "bf16"])
-    seed: int = _f(0, "seed for initialisation, data order and augmentation")
-    max_failures: int = _f(3, "worker-group restarts from the last checkpoint before the run fails; -1 retries "
-                                 "forever. A node drained for preemption (spot) does not count: Ray Train "
-                                 "resumes from the last checkpoint without limit")
+    init_std: float = _network(GAUSSIAN_STD, "std of the gaussian init; 0.01 as in Caffe, not the 0.1 that "
+                                             "§3.1's 'variance 1e-2' reads as (logits of std ~1e8 on 0-255 input)",
+                               must_be=above(0))
+
+    data: str = _data("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
+    train_scale: tuple[int, int] = _data((256, 256), "S in paper units: 256, 384 or 256-512 (jittered)",
+                                         metavar="S|SMIN-SMAX")
+    colour_shift_std: float = _data(0.1, "std of the PCA colour shift's alpha (§3.1, AlexNet: 0.1)",
+                                    must_be=at_least(0))
+    decode: str = _data("auto", "where training JPEGs are decoded: gpu (nvJPEG on the train workers' device; "
+                                "Ray Data's CPUs only draw the crops), cpu (Ray Data's tasks), or auto (gpu when "
+                                f"training on GPUs with fewer than {AUTO_CPU_DECODE_CPUS_PER_GPU} CPUs per GPU in "
+                                "the cluster, else cpu)", choices=["auto", "gpu", "cpu"], resumable=True)
+
+    batch_size: int = _recipe(256, "global mini-batch, images, whatever the number of workers (§3.1: 256)",
+                              must_be=at_least(1))
+    lr: float | None = _recipe(None, "initial learning rate; unset, the paper's 1e-2 per 256 images scaled "
+                                     "linearly to --batch-size (§3.1: 1e-2 at 256; a fine-tune from another "
+                                     "net, 1e-3)", must_be=above(0),
+                               shown=lambda p: f"{scaled_lr(PRESETS[p].get('batch_size', PAPER_BATCH)):g}")
+    momentum: float = _recipe(0.9, "SGD momentum", must_be=within(0, 1, high_open=True))
+    weight_decay: float = _recipe(5e-4, "L2 penalty multiplier", must_be=at_least(0))
+    bias_decay: float = _recipe(1.0, "weight decay on biases, as a multiple of --weight-decay: 1 decays them as "
+                                     "the weights (the paper names an L2 penalty and is silent on biases), 0 "
+                                     "leaves them undecayed as Caffe's reference nets did (decay_mult: 0)",
+                                must_be=within(0, 1))
+    dropout: float = _recipe(0.5, "dropout ratio after fc6 and fc7", must_be=within(0, 1, high_open=True))
+    plateau_patience: int = _recipe(2, "epochs without a better validation top-1 before the rate is divided by 10",
+                                    must_be=at_least(1))
+    plateau_threshold: float | None = _recipe(
+        None, "how much validation top-1 accuracy must beat the best by to count as better; unset, one "
+              "standard error of top-1 on the validation set, sqrt(0.7*0.3/n): 0.002 on ILSVRC-2012's 50,000 "
+              "images, 0.02 on the demo's 500, so noise does not postpone the rate's division",
+        must_be=within(0, 1), shown="one standard error")
+    max_lr_decreases: int = _recipe(3, "§3.1: the rate was divided 3 times; the next plateau ends training",
+                                    must_be=at_least(0))
+    max_epochs: int = _recipe(74, "hard stop, epochs (§3.1: 74)", must_be=at_least(1), resumable=True)
+    seed: int = _recipe(0, "seed for initialisation, data order and augmentation")
+
+    workers: tuple[int, int] = _cluster((1, 1), "Ray Train workers (one per GPU): N, or MIN-MAX for an elastic "
+                                                "run that starts with what can be placed, grows when nodes join "
+                                                "and shrinks when one is lost; the global batch stays "
+                                                "--batch-size", metavar="N|MIN-MAX", resumable=True)
+    cpus_per_worker: int = _cluster(1, "CPUs each train worker holds; a node's other CPUs run Ray Data's decoding",
+                                    must_be=at_least(1), resumable=True)
+    micro_batch: int = _cluster(0, "images per worker per forward pass, gradients accumulated over a worker's "
+                                   "share of the batch; 0 = the share at the most workers (an elastic run that "
+                                   "shrinks accumulates, and never runs a larger forward pass than it started "
+                                   "with)", must_be=at_least(0), resumable=True)
+    device: str = _cluster("auto", "auto: GPUs when the cluster has GPU nodes or its autoscaler can add them (or "
+                                   "this machine has CUDA), else CPUs; gpu or cpu to say so",
+                           choices=["auto", "gpu", "cpu"], resumable=True)
+    grad_allreduce: str = _cluster("fp32", "precision of DDP's gradient all-reduce on GPUs (NCCL): fp32, so "
+                                           "results do not depend on the number of GPUs (§3.3), or bf16 (half the "
+                                           "bytes)", choices=["fp32", "bf16"], resumable=True)
+    max_failures: int = _cluster(3, "worker-group restarts from the last checkpoint before the run fails. A node "
+                                    "drained for preemption (spot) does not count: Ray Train resumes from the "
+                                    "last checkpoint without limit", must_be=at_least(-1, " (-1: no limit)"),
+                                 resumable=True)
+    resize_check_s: float = _cluster(60.0, "elastic runs: seconds between Ray Train's looks for room to grow (a "
+                                           "growth restarts the workers from the last checkpoint)",
+                                     must_be=at_least(0), resumable=True)
+    shared_fs: bool = _cluster(False, "--storage and --data are local paths that every node of the cluster "
+                                      "mounts (NFS, a FUSE bucket); without it a multi-node cluster needs URIs",
+                               resumable=True)
+
+    storage: str = _output("runs", "where runs are written: a path or a URI such as s3://bucket/runs",
+                           resumable=True)
+    name: str = _output("", "run name under --storage (default: <preset>-S<train scale>); resume by reusing it")
 
     def __post_init__(self) -> None:
         problems = _Problems()
         self.train_scale = problems.parse(parse_scale, self.train_scale)
         self.workers = problems.parse(parse_workers, self.workers)
-        problems.check(self.arch in ARCHS, f"--arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
-        problems.check(self.preset in PRESETS, f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
-        _check_device(self.device, problems)
-        problems.check(self.grad_allreduce in ("fp32", "bf16"),
-                       f"--grad-allreduce {self.grad_allreduce!r}: expected fp32 or bf16")
-        problems.check(self.decode in ("auto", "gpu", "cpu"), f"--decode {self.decode!r}: expected auto, gpu or cpu")
+        problems.declared(self)
         problems.check(self.crop_size >= 32 and not self.crop_size % 32,
                        f"--crop-size {self.crop_size}: must be a positive multiple of 32")
         problems.check(self.init in ("glorot", "gaussian") or self.init.startswith("from:"),
                        f"--init {self.init!r}: expected glorot, gaussian or from:RUN_DIR_OR_CHECKPOINT")
         problems.check(self.init != "from:", "--init from: needs a run directory or checkpoint after the colon")
-        problems.ranges(self, {
-            "batch_size": (">= 1", lambda v: v >= 1), "cpus_per_worker": (">= 1", lambda v: v >= 1),
-            "resize_check_s": (">= 0", lambda v: v >= 0),
-            "max_epochs": (">= 1", lambda v: v >= 1), "fc_width": (">= 1", lambda v: v >= 1),
-            "lr": ("> 0", lambda v: v > 0), "width": ("> 0", lambda v: v > 0),
-            "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
-            "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "init_std": ("> 0", lambda v: v > 0),
-            "colour_shift_std": (">= 0", lambda v: v >= 0), "plateau_patience": (">= 1", lambda v: v >= 1),
-            "max_lr_decreases": (">= 0", lambda v: v >= 0),
-            "plateau_threshold": ("in [0, 1]", lambda v: 0 <= v <= 1),
-            "max_failures": (">= -1 (-1: no limit)", lambda v: v >= -1),
-            "micro_batch": (">= 0", lambda v: v >= 0), "bias_decay": ("in [0, 1]", lambda v: 0 <= v <= 1),
-        })
         if isinstance(self.workers, tuple):  # parsed
             problems.check(self.batch_size >= self.max_workers,
                            f"--batch-size {self.batch_size} is smaller than --workers {_shown(self.workers)}: "
@@ -298,14 +350,13 @@ class TrainConfig(_Config):
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides) -> TrainConfig:
         if preset not in PRESETS:
-            raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+            raise ValueError(f"--preset {preset!r}: expected {_either(PRESETS)}")
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
 
 # What a run may change when it resumes: how it runs, not what it trains (the global batch is --batch-size
-# whatever the workers).
-RESUMABLE_FIELDS = ("max_epochs", "workers", "micro_batch", "cpus_per_worker", "resize_check_s", "device", "decode",
-                    "storage", "shared_fs", "max_failures", "grad_allreduce")
+# whatever the workers). Marked on each field (resumable=True).
+RESUMABLE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["resumable"])
 
 # Named presets: the fields they change from the dataclass defaults (which are the paper's). What a preset
 # shrinks, it scales honestly: the rate follows the batch (scaled_lr: no preset sets --lr), every layer's
@@ -334,6 +385,17 @@ def lr_note(cfg: TrainConfig, lr_given: bool) -> str | None:
         return None
     return (f"lr {cfg.lr:g}: the paper's {PAPER_LR:g} per {PAPER_BATCH} images scaled to the batch of "
             f"{cfg.batch_size} (§3.1, linear rule); --lr sets another")
+
+
+ARCHS_HELP = f"{', '.join(ARCHS)}, a comma list of them (each once), or all"
+
+
+def parse_archs(text: str, flag: str = "--arch") -> list[str]:
+    """'D,E' -> ['D', 'E']; 'all' -> every configuration of Table 1."""
+    archs = list(ARCHS) if text.strip() == "all" else [a.strip() for a in text.split(",") if a.strip()]
+    if not archs or any(a not in ARCHS for a in archs) or len(set(archs)) != len(archs):
+        raise ValueError(f"{flag} {text!r}: expected {ARCHS_HELP}")
+    return archs
 
 
 def parse_workers(text: str | int | tuple | list) -> tuple[int, int]:
@@ -386,36 +448,42 @@ def parse_models(items) -> dict[str, str]:
 
 @dataclass
 class EvalConfig(_Config):
-    models: dict[str, str] = _f({}, "a model to evaluate, repeat for fusion: a run directory (its best.pt), "
-                                "a checkpoint or a torchvision .pth", repeat=True, flag="--model",
-                                metavar="NAME=SOURCE", required=True)
-    data: str = _f("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
-    out: str = _f("eval", "output directory or URI", required=True)
-    scales: tuple[int, ...] = _f((), "Q1,Q2,... in paper units (default per model, §3.2: S-32,S,S+32 for "
-                                 "fixed S; S_min,(S_min+S_max)/2,S_max for jittered S)", metavar="Q1,Q2,...")
-    methods: tuple[str, ...] = _f("both", "dense, multi-crop, or both (adds multi-crop+dense)")
-    limit: int = _f(0, "evaluate the first N validation images only; 0 = all")
-    split: str = _f("val", "the split of --data to evaluate", choices=["val", "train"])
-    slice_images: int = _f(0, "images per piece of work; 0 = enough pieces for every actor to stay busy")
-    workers: int = _f(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs (fewer "
-                         "when the work is small)")
-    cpus_per_worker: int = _f(0, "CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto")
-    max_batch: int = _f(250, "crops (or crop-equivalents of pixels, for dense) per forward pass")
-    device: str = _f("auto", "auto: GPU actors when the cluster has GPU nodes or can add them, else CPU "
-                             "actors; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
-    max_retries: int = _f(3, "restarts of a dead actor, and retries of its piece")
-    shared_fs: bool = _f(False, "--data and --out are local paths that every node of the cluster mounts; "
-                                "without it a multi-node cluster needs URIs")
+    RENAMED: ClassVar[dict[str, str]] = {"scales": "test_scales"}
+
+    models: dict[str, str] = _models({}, "a model to evaluate, repeat for fusion: a run directory (its best.pt), "
+                                     "a checkpoint or a torchvision .pth", repeat=True, flag="--model",
+                                     metavar="NAME=SOURCE", required=True)
+    data: str = _models("demo", "shards directory or URI written by jobs/prepare_imagenet.py, or 'demo'")
+    split: str = _models("val", "the split of --data to evaluate", choices=["val", "train"])
+    limit: int = _models(0, "evaluate the first N validation images only; 0 = all", must_be=at_least(0))
+
+    test_scales: tuple[int, ...] = _protocol((), "Q1,Q2,... in paper units (default per model, §3.2: S-32,S,S+32 "
+                                                 "for fixed S; S_min,(S_min+S_max)/2,S_max for jittered S)",
+                                             metavar="Q1,Q2,...", aliases=["--scales"])
+    methods: tuple[str, ...] = _protocol("both", "dense, multi-crop, or both (adds multi-crop+dense)")
+
+    slice_images: int = _cluster(0, "images per piece of work; 0 = enough pieces for every actor to stay busy",
+                                 must_be=at_least(0))
+    workers: int = _cluster(0, "evaluation actors; 0 = one per GPU, or CPUs / cpus-per-worker without GPUs "
+                               "(fewer when the work is small)", must_be=at_least(0))
+    cpus_per_worker: int = _cluster(0, "CPUs per actor (JPEG decoding threads, or torch threads on CPU); 0 = auto",
+                                    must_be=at_least(0))
+    max_batch: int = _cluster(250, "crops (or crop-equivalents of pixels, for dense) per forward pass",
+                              must_be=at_least(1))
+    device: str = _cluster("auto", "auto: GPU actors when the cluster has GPU nodes or can add them, else CPU "
+                                   "actors; gpu or cpu to say so", choices=["auto", "gpu", "cpu"])
+    max_retries: int = _cluster(3, "restarts of a dead actor, and retries of its piece", must_be=at_least(0))
+    shared_fs: bool = _cluster(False, "--data and --out are local paths that every node of the cluster mounts; "
+                                      "without it a multi-node cluster needs URIs")
+
+    out: str = _output("eval", "output directory or URI", required=True)
 
     def __post_init__(self) -> None:
         problems = _Problems()
         self.models = problems.parse(parse_models, self.models)
         self.methods = problems.parse(parse_methods, self.methods)
-        self.scales = problems.parse(parse_test_scales, self.scales)
-        _check_device(self.device, problems)
-        problems.ranges(self, {flag: (">= 0", lambda v: v >= 0)
-                               for flag in ("limit", "slice_images", "workers", "cpus_per_worker", "max_retries")})
-        problems.ranges(self, {"max_batch": (">= 1", lambda v: v >= 1)})
+        self.test_scales = problems.parse(parse_test_scales, self.test_scales)
+        problems.declared(self)
         problems.raise_any()
 
 
@@ -432,12 +500,16 @@ def _shown(value) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `cls`. Flags default to None so that a preset can fill what the user left
-    out; --help shows each default, and for TrainConfig each preset's value where it differs."""
+    """One flag per field of `cls`, in one argument group per section. Flags default to None so that a
+    preset can fill what the user left out; --help shows what each accepts and its default, and for
+    TrainConfig each preset's value where it differs."""
+    groups: dict = {}  # section -> its argument group (None: the parser itself)
     for f in fields(cls):
         if f.name in skip:
             continue
         meta = f.metadata
+        if meta["section"] not in groups:
+            groups[meta["section"]] = parser.add_argument_group(meta["section"]) if meta["section"] else parser
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = f"default {_shown(default)}"
         if callable(meta.get("shown")):  # derived from other fields: each preset's value
@@ -448,18 +520,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[
             shown += "".join(f"; {p} preset {_shown(v[f.name])}" for p, v in PRESETS.items() if f.name in v)
         if meta.get("required"):
             shown = "required"
-        kw = {"help": f"{meta['help']} ({shown})", "default": None}
+        accepts = f"; must be {meta['must_be'].accepted}" if meta["must_be"] else ""
+        kw = {"help": f"{meta['help']}{accepts} ({shown})", "default": None, "dest": f.name}
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):
-            parser.add_argument(_flag(f), action="store_true", **kw)
-            continue
-        if meta.get("repeat"):
-            kw["action"] = "append"
-        kw["type"] = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
-        parser.add_argument(_flag(f), dest=f.name, **kw)
+            kw["action"] = "store_true"
+        else:
+            if meta.get("repeat"):
+                kw["action"] = "append"
+            kw["type"] = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
+        groups[meta["section"]].add_argument(_flag(f), *meta.get("aliases", ()), **kw)
 
 
 def from_args(args: argparse.Namespace, cls=TrainConfig, **fixed):

@@ -3,18 +3,21 @@ ConvNet fusion, top-1/top-5 errors. Pure PyTorch.
 
 Every method produces soft-max class posteriors [N, classes]; combining methods, scales or models is
 always the plain average of posteriors (§3.2), so `average` is the one combination rule. Errors are in
-percent. vgg_ray/distributed/evaluate.py fans these functions out over a Ray cluster; report.py turns
-the collected posteriors into the paper's tables.
+percent. An evaluation is cut into pieces (one model, one method, one Q, a slice of the images:
+`plan_pieces`) and their posteriors collected (`PosteriorTable`); vgg_ray/distributed/evaluate.py hands
+the pieces to a Ray cluster, and report.py turns the collected posteriors into the paper's tables.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from vgg_ray.models import VGG
+from vgg_ray.imagenet.shards import row_ranges
+from vgg_ray.models import VGG, forward_macs
 from vgg_ray.transforms import to_float_nchw
 
 DENSE, MULTI_CROP, BOTH = "dense", "multi-crop", "multi-crop+dense"
@@ -161,7 +164,44 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float
     return tuple(100.0 * (1.0 - topk_correct(probs, labels, k).float().mean().item()) for k in (1, 5))
 
 
-# ---- collecting the pieces of a fan-out ----
+# ---- the pieces of a fan-out: planned, then collected ----
+
+def plan_pieces(n_images: int, scales_by_model: Mapping[str, Mapping[int, int]], methods: Iterable[str],
+                slice_images: int = 0) -> list[dict]:
+    """Every (model, method, Q, slice of `slice_images` images; 0 = auto_slice's), each Q given as
+    {Q: pixels}; the slices of one (model, method, Q) tile [0, n_images) exactly. Most expensive first
+    (multi-crop at the largest Q), so no long piece starts last."""
+    slice_images = slice_images or auto_slice(n_images)
+    ranges = row_ranges(n_images, max(1, math.ceil(n_images / slice_images)))
+    pieces = [{"model": m, "method": meth, "scale": q, "scale_px": px, "start": a, "stop": b}
+              for m, qs in scales_by_model.items() for meth in methods for q, px in qs.items()
+              for a, b in ranges if b > a]
+    pieces.sort(key=lambda p: -crop_forwards(p) * (p["stop"] - p["start"]))
+    for i, p in enumerate(pieces):
+        p["index"] = i
+    return pieces
+
+
+def auto_slice(n_images: int) -> int:
+    """Images per piece when not given: small pieces balance the load; past ~256 images a piece gains
+    nothing and delays the last results."""
+    return max(8, min(256, math.ceil(n_images / 8)))
+
+
+def crop_forwards(piece: Mapping, crop: int = 224) -> float:
+    """A piece's forward cost per image, in forwards of one crop: 50 crops, or two whole images
+    (and their flips) of ~4/3 x Q^2 pixels."""
+    if piece["method"] == MULTI_CROP:
+        return 2 * GRID * GRID
+    return 2 * 4 / 3 * (piece["scale_px"] / crop) ** 2
+
+
+def work_macs(pieces: Sequence[Mapping], models: Mapping[str, VGG]) -> float:
+    """Multiply-accumulates the pieces take in all, from each model's cost of one crop."""
+    per_crop = {name: forward_macs(m, m.crop_size) for name, m in models.items()}
+    return sum((p["stop"] - p["start"]) * crop_forwards(p, models[p["model"]].crop_size) * per_crop[p["model"]]
+               for p in pieces)
+
 
 class PosteriorTable:
     """Collects per-slice results of one evaluation and checks that every image is seen exactly once per

@@ -155,7 +155,7 @@ def test_train_stopped_midway_resumes_then_eval(head, demo_shards, tmp_path):
 
 def test_reproduce_chain_smoke(ray_local, demo_shards, tmp_path):
     mod = job("reproduce")
-    argv = ["--archs", "D", "--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "1",
+    argv = ["--arch", "D", "--preset", "smoke", "--data", demo_shards, "--device", "cpu", "--workers", "1",
             "--max-epochs", "1", "--storage", str(tmp_path), "--name", "chain", "--limit", "20"]
     summary = mod.main(argv)
     assert [s.get("skipped") for s in summary] == [False] * 7 + [None]  # 7 stages, then the findings

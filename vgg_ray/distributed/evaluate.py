@@ -1,11 +1,11 @@
 """§3.2's evaluation fanned out over a Ray cluster: model x Q x method x slice of the validation set.
 
-A pool of actors, one per GPU (or a few on CPUs), each holding the models on its device; the driver hands
-out pieces (one model, one Q, one method, rows [start, stop) of the validation split), and a
-`PosteriorTable` checks that every image is counted exactly once per (model, method, Q). A dead actor is
-restarted and its piece retried by Ray (max_restarts / max_task_retries); an actor that stays dead has
-its pieces moved to the others. The maths is in evaluation.py and the tables in report.py; this file is the
-Ray glue.
+A pool of `Evaluator` actors, one per GPU (or a few on CPUs), each holding the models on its device; the
+driver hands out pieces (one model, one Q, one method, rows [start, stop) of the validation split:
+evaluation.plan_pieces), and a `PosteriorTable` checks that every image is counted exactly once per
+(model, method, Q). A dead actor is restarted and its piece retried by Ray (max_restarts /
+max_task_retries); an actor that stays dead has its pieces moved to the others. The maths and the plan
+are in evaluation.py and the tables in report.py; this file is the Ray glue.
 
 Outputs under `out`: posteriors/<model>.parquet, results.json, results.md, findings.md / .json (the
 paper's findings these models can test, and whether they show them: vgg_ray/findings.py).
@@ -29,22 +29,21 @@ from tqdm import tqdm
 from vgg_ray.checkpoints import load_models
 from vgg_ray.config import EvalConfig
 from vgg_ray.distributed.session import Capacity, capacity, check_cluster, use_gpus
-from vgg_ray.evaluation import GRID, MULTI_CROP, PosteriorTable, evaluate_images
+from vgg_ray.evaluation import PosteriorTable, evaluate_images, plan_pieces, work_macs
 from vgg_ray.findings import Results, check_findings, findings_json, findings_markdown
 from vgg_ray.imagenet import shards
-from vgg_ray.models import forward_macs
 from vgg_ray.report import model_meta, result_rows, results_markdown, write_posteriors
 from vgg_ray.scales import resolve_test_scales, scales_px
 from vgg_ray.storage import publish_dir
 from vgg_ray.transforms import UndecodableImage, decode_rescaled
 
-# An evaluation actor on CPUs is started for no less work than this: ~15 s of two cores at the ~1.7e10
-# MACs/s measured here (the README's VGG-D centre-crop rate, 1.12 images/s x 15.5 GMACs), a few times what
-# starting one costs (a process that imports torch, then gets the models: ~5 s on 2 busy cores).
+# An evaluation actor on CPUs is started for no less work than this: ~15 s of two cores at ~1.7e10 MACs/s
+# (VGG-D's centre-crop rate on two cores, 1.12 images/s x 15.5 GMACs: README.md, "Evaluation"), a few times
+# what starting one costs (a process that imports torch, then gets the models: ~5 s on 2 busy cores).
 ACTOR_MACS = 2.5e11
 
 
-class EvalWorker:
+class Evaluator:
     """Evaluates pieces; keeps each model on its device after the first piece that needs it."""
 
     def __init__(self, root: str, split: str, max_batch: int, threads: int):
@@ -87,36 +86,6 @@ class EvalWorker:
                 "bad": [i for i, img in enumerate(images) if img is None]}
 
 
-def plan_pieces(n_images: int, scales_by_model: dict[str, dict[int, int]], methods,
-                slice_images: int) -> list[dict]:
-    """Every (model, method, Q, slice); the slices of one (model, method, Q) tile [0, n_images) exactly.
-    Most expensive first (multi-crop at the largest Q), so no long piece starts last."""
-    ranges = shards.row_ranges(n_images, max(1, math.ceil(n_images / max(1, slice_images))))
-    pieces = [{"model": m, "method": meth, "scale": q, "scale_px": px, "start": a, "stop": b}
-              for m, qs in scales_by_model.items() for meth in methods for q, px in qs.items()
-              for a, b in ranges if b > a]
-
-    pieces.sort(key=lambda p: -crop_forwards(p) * (p["stop"] - p["start"]))
-    for i, p in enumerate(pieces):
-        p["index"] = i
-    return pieces
-
-
-def crop_forwards(piece: dict, crop: int = 224) -> float:
-    """A piece's forward cost per image, in forwards of one crop: 50 crops, or two whole images
-    (and their flips) of ~4/3 x Q^2 pixels."""
-    if piece["method"] == MULTI_CROP:
-        return 2 * GRID * GRID
-    return 2 * 4 / 3 * (piece["scale_px"] / crop) ** 2
-
-
-def work_macs(pieces: list[dict], models: dict) -> float:
-    """Multiply-accumulates the pieces take in all, from each model's cost of one crop."""
-    per_crop = {name: forward_macs(m, m.crop_size) for name, m in models.items()}
-    return sum((p["stop"] - p["start"]) * crop_forwards(p, models[p["model"]].crop_size) * per_crop[p["model"]]
-               for p in pieces)
-
-
 def pool_size(cfg: EvalConfig, n_pieces: int, cap: Capacity, use_gpu: bool,
               work: float | None = None) -> tuple[int, dict]:
     """How many evaluation actors, and the resources each holds: one per GPU the cluster has or can have
@@ -137,24 +106,24 @@ def pool_size(cfg: EvalConfig, n_pieces: int, cap: Capacity, use_gpu: bool,
     return min(workers, n_pieces), opts
 
 
-def _pool(cfg: EvalConfig, root: str, n_pieces: int, worker_cls: type, size: tuple[int, dict]) -> list:
+def _pool(cfg: EvalConfig, root: str, n_pieces: int, actor_cls: type, size: tuple[int, dict]) -> list:
     workers, opts = size
-    actor = ray.remote(worker_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
-                                           **opts)
+    actor = ray.remote(actor_cls).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
+                                          **opts)
     print(f"evaluating {n_pieces} pieces on {workers} actor(s) ({opts.get('num_gpus', 0)} GPU, "
           f"{opts['num_cpus']} CPUs each)", flush=True)
     return [actor.remote(root, cfg.split, cfg.max_batch, opts["num_cpus"]) for _ in range(workers)]
 
 
 def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str, table: PosteriorTable,
-               in_flight: int = 2, worker_cls: type = EvalWorker, size: tuple[int, dict] | None = None) -> None:
+               in_flight: int = 2, actor_cls: type = Evaluator, size: tuple[int, dict] | None = None) -> None:
     """Hand the pieces to the pool, keeping `in_flight` per actor queued so none waits between pieces.
-    (`worker_cls` is EvalWorker or, in tests, a subclass that fails on purpose; `size` is pool_size's
+    (`actor_cls` is Evaluator or, in tests, a subclass that fails on purpose; `size` is pool_size's
     answer, by default for the cluster as it is.)"""
     if size is None:
         cap = capacity()
         size = pool_size(cfg, len(pieces), cap, use_gpus(cfg.device, cap))
-    actors = _pool(cfg, root, len(pieces), worker_cls, size)
+    actors = _pool(cfg, root, len(pieces), actor_cls, size)
     queue = list(reversed(pieces))
     attempts = dict.fromkeys(range(len(pieces)), 0)
     running: dict = {}  # ObjectRef -> (actor, piece)
@@ -214,13 +183,13 @@ def evaluate(cfg: EvalConfig, root: str, models: dict[str, tuple] | None = None)
     refs, scales, meta = {}, {}, {}
     for name, source in cfg.models.items():
         model, info = models[name]
-        qs = resolve_test_scales(info.get("config"), cfg.scales)
+        qs = resolve_test_scales(info.get("config"), cfg.test_scales)
         scales[name] = dict(zip(qs, scales_px(qs, model.crop_size), strict=True))
         meta[name] = {**model_meta(info, qs), "source": str(source)}
         refs[name] = ray.put({"model": model.eval(), "mean_rgb": info["mean_rgb"],
                               "std_rgb": info.get("std_rgb")})
     table = PosteriorTable(n, {m: tuple(q) for m, q in scales.items()}, cfg.methods, manifest["num_classes"])
-    pieces = plan_pieces(n, scales, cfg.methods, cfg.slice_images or _auto_slice(n))
+    pieces = plan_pieces(n, scales, cfg.methods, cfg.slice_images)
     size = pool_size(cfg, len(pieces), cap, use_gpu, work_macs(pieces, {m: models[m][0] for m in cfg.models}))
     run_pieces(cfg, pieces, refs, root, table, size=size)
     table.check_complete()
@@ -240,9 +209,4 @@ def evaluate(cfg: EvalConfig, root: str, models: dict[str, tuple] | None = None)
     return {"out": cfg.out, "rows": rows, "markdown": markdown, "findings": findings_markdown(findings),
             "posteriors": posteriors, "n_images": n,
             "pieces": len(pieces), "skipped": int(table.bad.sum())}
-
-
-def _auto_slice(n: int) -> int:
-    # Small pieces balance the load; past ~256 images a piece gains nothing and delays the last results.
-    return max(8, min(256, math.ceil(n / 8)))
 
