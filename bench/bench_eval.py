@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--arch", default="D")
     p.add_argument("--preset", default="smoke", choices=list(PRESETS))
     p.add_argument("--images", type=int, default=32, help="images per timed pass")
-    p.add_argument("--scales", default="256,384,512", help="Q in paper units")
+    p.add_argument("--test-scales", "--scales", default="256,384,512", help="Q in paper units")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=250)
     p.add_argument("--json", help="also write the figures here")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_vgg(args.arch, num_classes=1000, **geo).to(device).eval()
     crop = model.crop_size
-    qs = [int(q) for q in args.scales.split(",")]
+    qs = [int(q) for q in args.test_scales.split(",")]
     px = scales_px(qs, crop)
     rng = np.random.default_rng(0)
     images = {q: [rng.integers(0, 256, (q, q * 4 // 3, 3), dtype=np.uint8) for _ in range(args.images)] for q in px}

@@ -29,12 +29,13 @@ def main(argv: list[str]) -> dict:
     datas = t.column("image").to_pylist()
     rng = np.random.default_rng(0)
     wins = T.window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
-    ok = np.ones(len(datas), bool)
-    g, gok = decode_windows(datas, wins, ok, crop, "cuda")
-    c, cok = decode_windows(datas, wins, ok, crop, "cpu")
+    decoded = np.ones(len(datas), bool)
+    g, g_decoded = decode_windows(datas, wins, decoded, crop, "cuda")
+    c, c_decoded = decode_windows(datas, wins, decoded, crop, "cpu")
     d = (g.cpu().int() - c.int()).abs().float()
-    out = {"images": len(datas), "ok_gpu": int(gok.sum()), "ok_cpu": int(cok.sum()), "max_diff": d.max().item(),
-           "mean_abs_diff": d.mean().item(), "mean_gpu": g.float().mean().item(), "mean_cpu": c.float().mean().item()}
+    out = {"images": len(datas), "decoded_gpu": int(g_decoded.sum()), "decoded_cpu": int(c_decoded.sum()),
+           "max_diff": d.max().item(), "mean_abs_diff": d.mean().item(), "mean_gpu": g.float().mean().item(),
+           "mean_cpu": c.float().mean().item()}
     print(out)
     return out
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(result["markdown"])
     print(result["findings"])
     print(f"{result['n_images']} images x {len(cfg.models)} models: {result['pieces']} pieces"
-          + (f"; {result['skipped']} undecodable images left out" if result["skipped"] else ""))
+          + (f"; {result['undecodable']} undecodable images left out" if result["undecodable"] else ""))
     print(f"tables {cfg.out}/results.md, the paper's findings {cfg.out}/findings.md, rows {cfg.out}/results.json, posteriors {cfg.out}/posteriors/")
     return result
 

@@ -1,5 +1,5 @@
 """vgg_ray/device_decode.py on the CPU: the device path renders the same crops as the CPU path from the
-same windows, and undecodable images come out as not ok."""
+same windows, and undecodable images come out with `decoded` False."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def test_device_path_renders_the_cpu_paths_crops():
     for scale, crop in (((256, 256), 224), ((256, 512), 224)):
         wins = [T.train_window(T.image_size(d), scale, crop, np.random.default_rng([k, 5]))
                 for k, d in enumerate(datas)]
-        images, ok = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), crop, "cpu")
-        assert images.dtype == torch.uint8 and images.shape == (len(datas), crop, crop, 3) and ok.all()
+        images, decoded = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), crop, "cpu")
+        assert images.dtype == torch.uint8 and images.shape == (len(datas), crop, crop, 3) and decoded.all()
         for k, d in enumerate(datas):
             diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], crop).astype(int))
             assert diff.max() <= 1, (scale, k)  # the same bilinear samples: OpenCV's and grid_sample's
@@ -34,10 +34,11 @@ def test_a_batch_in_several_chunks_with_a_failed_row_keeps_each_image_in_its_row
     wins = [T.train_window(T.image_size(d), (256, 512), 224, np.random.default_rng([k, 9])) for k, d in enumerate(datas)]
     whole, _ = decode_windows(datas, window_array(wins), np.ones(7, bool), 224, "cpu")
     monkeypatch.setattr(device_decode, "CHUNK", 3)
-    ok = np.ones(7, bool)
-    ok[4] = False
-    batch = decode_batch({"jpeg": datas, "win": window_array(wins), "ok": ok, "label": np.arange(10, 17)}, 224, "cpu")
-    assert batch["label"].tolist() == list(range(10, 17)) and batch["ok"].tolist() == ok.tolist()
+    decoded = np.ones(7, bool)
+    decoded[4] = False
+    batch = decode_batch({"jpeg": datas, "win": window_array(wins), "decoded": decoded,
+                          "label": np.arange(10, 17)}, 224, "cpu")
+    assert batch["label"].tolist() == list(range(10, 17)) and batch["decoded"].tolist() == decoded.tolist()
     assert not batch["image"][4].any()
     keep = [k for k in range(7) if k != 4]
     assert (batch["image"][keep].int() - whole[keep].int()).abs().max() <= 1  # each chunk pads to its own size
@@ -47,10 +48,10 @@ def test_unreadable_rows_and_formats_the_device_decoder_cannot_read():
     good = jpeg(smooth_image(300, 200))
     png = jpeg(smooth_image(300, 200), "RGB", "PNG")  # not a JPEG: rendered on the CPU instead
     datas = [good, b"garbage", png, good]
-    ok = np.array([True, True, True, False])  # the last was found undecodable upstream
+    decoded = np.array([True, True, True, False])  # the last was found undecodable upstream
     win = T.centre_window((300, 200), 64, 32)
-    images, good_rows = decode_windows(datas, window_array([win] * 4), ok, 32, "cpu")
-    assert good_rows.tolist() == [True, False, True, False]
+    images, decoded_rows = decode_windows(datas, window_array([win] * 4), decoded, 32, "cpu")
+    assert decoded_rows.tolist() == [True, False, True, False]
     assert not images[1].any() and not images[3].any()
     assert np.abs(images[2].numpy().astype(int) - T.render_window(png, win, 32).astype(int)).max() <= 1
     assert np.abs(images[0].numpy().astype(int) - images[2].numpy().astype(int)).mean() < 2
@@ -73,7 +74,7 @@ def test_device_path_reduces_large_images_as_the_dct_decoder_does():
         wins = [T.train_window(T.image_size(d), scale, 224, np.random.default_rng([k, 5]))
                 for k, d in enumerate(datas)]
         assert all(T.decode(d, w.size_s).shape[1] < T.image_size(d)[0] for d, w in zip(datas, wins, strict=True))
-        images, ok = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), 224, "cpu")
+        images, decoded = decode_windows(datas, window_array(wins), np.ones(len(datas), bool), 224, "cpu")
         for k, d in enumerate(datas):
             diff = np.abs(images[k].numpy().astype(int) - T.render_window(d, wins[k], 224).astype(int))
             assert diff.mean() < 1.0 and (diff > 8).mean() < 0.01, (scale, k, diff.mean(), (diff > 8).mean())

@@ -72,12 +72,12 @@ def test_unequal_shares_average_to_the_whole_batch_update():
 
 def test_undecodable_rows_count_for_nothing():
     x, y = batch()
-    ok = torch.tensor([True, True, False, True, True, True, False, True])
+    decoded = torch.tensor([True, True, False, True, True, True, False, True])
     masked, clean = tiny(), tiny()
     zeroed = x.clone()
-    zeroed[~ok] = 0  # what the pipeline delivers for an undecodable image
-    loss = TrainStep(masked, sgd(masked), STATS, CPU, micro=4, colour_shift_std=0.0)(zeroed, y, ok)
-    ref = TrainStep(clean, sgd(clean), STATS, CPU, micro=6, colour_shift_std=0.0)(x[ok], y[ok])
+    zeroed[~decoded] = 0  # what the pipeline delivers for an undecodable image
+    loss = TrainStep(masked, sgd(masked), STATS, CPU, micro=4, colour_shift_std=0.0)(zeroed, y, decoded)
+    ref = TrainStep(clean, sgd(clean), STATS, CPU, micro=6, colour_shift_std=0.0)(x[decoded], y[decoded])
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     for a, b in zip(masked.parameters(), clean.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -127,8 +127,8 @@ def test_validation_counts_by_hand():
     y = top5[:, 0].clone()
     y[1] = top5[1, 3]  # top-5 only
     y[2] = logits[2].argmin()  # neither
-    ok = torch.tensor([True, True, True, True, True, False])
-    counts = validation_counts(model, x, y, mean, ok)
+    decoded = torch.tensor([True, True, True, True, True, False])
+    counts = validation_counts(model, x, y, mean, decoded)
     assert counts.tolist() == [3.0, 4.0, 5.0] and counts.dtype == torch.float64  # row 5 left out
     assert validation_counts(copy.deepcopy(model), x, y, mean).tolist() == [4.0, 5.0, 6.0]
 

@@ -43,14 +43,14 @@ def images(tmp_path_factory):
     def epoch(e: int, seed: int = 0):
         jpegs, labels, keys = train
         x = np.zeros((len(jpegs), SMOKE.crop_size, SMOKE.crop_size, 3), np.uint8)
-        ok = np.ones(len(jpegs), bool)
+        decoded = np.ones(len(jpegs), bool)
         for i, (data, key) in enumerate(zip(jpegs, keys, strict=True)):
             try:  # the per-image draws of Ray Data's tasks (vgg_ray/distributed/data.py)
                 transforms.train_sample(data, SMOKE.train_scale_px, SMOKE.crop_size,
                                         transforms.row_rng(seed, e, key), x[i])
             except transforms.UndecodableImage:  # the demo's converted shards hold none; kept for safety
-                ok[i] = False
-        return torch.from_numpy(x[ok]), torch.from_numpy(labels[ok])
+                decoded[i] = False
+        return torch.from_numpy(x[decoded]), torch.from_numpy(labels[decoded])
 
     return epoch, val, manifest
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from vgg_ray.evaluation import BOTH, DENSE, MULTI_CROP
+import numpy as np
+
+from vgg_ray.evaluation import BOTH, DENSE, MULTI_CROP, PosteriorTable
 from vgg_ray.report import result_rows, results_markdown
 
 from .test_evaluation import _filled_table
@@ -37,10 +39,22 @@ def test_result_rows_and_tables_against_hand_computed_errors():
     assert "| D + E | 256,384 | multi-crop+dense |" in md
 
 
+def test_undecodable_images_are_counted_and_left_out_of_the_errors():
+    table = PosteriorTable(3, {"A": (256,)}, [DENSE], 3)
+    probs = np.array([[.8, .1, .1], [0, 0, 0], [.1, .1, .8]], np.float32)  # row 1: its image did not decode
+    table.add("A", DENSE, 256, 0, ["a", "b", "c"], [0, 1, 1], probs, undecodable=[1])
+    table.check_complete()
+    assert table.decoded_keys() == ["a", "c"] and table.decoded_labels().tolist() == [0, 1]
+    (row,) = result_rows(table)
+    assert (row["n_images"], row["n_undecodable"], row["top1_err"]) == (2, 1, 50.0)
+    md = results_markdown([row], {"A": {"arch": "A", "train_scale": [256, 256], "scales": [256]}})
+    assert "2 validation images (1 undecodable, left out)" in md
+
+
 def _row(models, method, scales, top1, top5=5.0):
     return {"models": list(models), "method": method, "scales": list(scales),
             "model_scales": {m: list(scales) for m in models}, "top1_err": top1, "top5_err": top5,
-            "n_images": 50_000, "n_skipped": 0}
+            "n_images": 50_000, "n_undecodable": 0}
 
 
 def test_results_sit_beside_the_papers_figure_for_the_same_net_s_q_and_method():

@@ -13,7 +13,7 @@ def test_default_scales_follow_section_3_2():
     assert resolve_test_scales({"train_scale": [256, 512]}) == (256, 384, 512)
     assert resolve_test_scales({"train_scale": [256, 512]}, override=[512, 256]) == (256, 512)
     assert resolve_test_scales({}) == (224, 256, 288)  # torchvision weights: treated as S = 256
-    with pytest.raises(ValueError, match="--scales"):
+    with pytest.raises(ValueError, match="--test-scales"):
         resolve_test_scales({}, override=[200])
 
 
@@ -26,5 +26,5 @@ def test_train_scale_parsing_and_pixels_at_a_smaller_crop():
     assert scale_to_px(256, 32) == 37 and scales_px((256, 384, 512), 32) == (37, 55, 73)
     assert scale_to_px(224, 32) == 32
     assert parse_test_scales("512,256,256") == (256, 512) and parse_test_scales("") == ()
-    with pytest.raises(ValueError, match="--scales"):
+    with pytest.raises(ValueError, match="--test-scales"):
         parse_test_scales("256,x")

@@ -44,25 +44,26 @@ def _decode_all(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.T
         return out
 
 
-def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, ok: np.ndarray, crop: int,
+def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, decoded: np.ndarray, crop: int,
                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 [N, crop, crop, 3] on `device`, bool [N] ok) for a batch of JPEG bytes and their windows.
+    """(uint8 [N, crop, crop, 3] on `device`, bool [N] decoded) for a batch of JPEG bytes and their windows.
 
-    Rows already marked not ok stay zeros; an image the device decoder cannot read is rendered on the
-    CPU (vgg_ray.transforms), and one that nothing can read becomes not ok.
+    Rows already marked undecodable (`decoded` False) stay zeros; an image the device decoder cannot read
+    is rendered on the CPU (vgg_ray.transforms), and one that nothing can read becomes undecodable.
 
     On a GPU the batch is decoded and sampled on a side stream of this module's, and the caller's stream
     waits for it: the training step queued before goes on while this batch is decoded. That side stream
     is also what makes nvJPEG safe. Its hardware engine (A100, H100) writes its output before the work
     queued on the stream has run, into blocks the caching allocator may have just recycled from tensors
     that queued kernels still read: silent corruption, NaN losses in code that never touched the
-    decoder (pytorch/vision#9606, meta-pytorch/torchcodec#1634; our own --decode gpu runs on an H100,
-    2026-11-22). Blocks of the side stream's pool are recycled only from its own tensors, whose work is
-    drained before each decode, and from the returned tensors once the caller's stream is done with them.
+    decoder (pytorch/vision#9606, meta-pytorch/torchcodec#1634; our own --decode gpu runs on an H100 met
+    it: bench/README.md, "Performance table"). Blocks of the side stream's pool are recycled only from
+    its own tensors, whose work is drained before each decode, and from the returned tensors once the
+    caller's stream is done with them.
     """
     device = torch.device(device)
     if device.type != "cuda":
-        return _decode_windows(jpegs, wins, ok, crop, device)
+        return _decode_windows(jpegs, wins, decoded, crop, device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     caller = torch.cuda.current_stream(index)
     if index not in _side_streams:
@@ -70,18 +71,18 @@ def decode_windows(jpegs: Sequence[bytes], wins: np.ndarray, ok: np.ndarray, cro
     side = _side_streams[index]
     side.synchronize()
     with torch.cuda.stream(side):
-        images, good = _decode_windows(jpegs, wins, ok, crop, device)
+        images, decoded = _decode_windows(jpegs, wins, decoded, crop, device)
     caller.wait_stream(side)
     images.record_stream(caller)
-    good.record_stream(caller)
-    return images, good
+    decoded.record_stream(caller)
+    return images, decoded
 
 
-def _decode_windows(jpegs, wins, ok, crop, device):
+def _decode_windows(jpegs, wins, decoded, crop, device):
     n = len(jpegs)
     out = torch.zeros(n, crop, crop, 3, dtype=torch.uint8, device=device)
-    good = torch.as_tensor(np.asarray(ok, dtype=bool)).clone()
-    idx = [i for i in range(n) if good[i]]
+    decoded = torch.as_tensor(np.asarray(decoded, dtype=bool)).clone()
+    idx = [i for i in range(n) if decoded[i]]
     images = _decode_all([torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in idx], device)
     todo = []
     for i, img in zip(idx, images, strict=True):
@@ -91,7 +92,7 @@ def _decode_windows(jpegs, wins, ok, crop, device):
         try:  # the CPU path decides (Pillow reads what nvJPEG cannot)
             out[i] = torch.as_tensor(render_window(jpegs[i], _window(wins[i]), crop)).to(device)
         except UndecodableImage:
-            good[i] = False
+            decoded[i] = False
     rows, chunks = [i for i, _ in todo], []
     for a in range(0, len(todo), CHUNK):
         chunks.append(_sample([img for _, img in todo[a:a + CHUNK]], wins[rows[a:a + CHUNK]], crop))
@@ -99,7 +100,7 @@ def _decode_windows(jpegs, wins, ok, crop, device):
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
     elif rows:
         out[torch.as_tensor(rows, device=device)] = torch.cat(chunks)
-    return out, good.to(device)
+    return out, decoded.to(device)
 
 
 def _sample(images: list[torch.Tensor], wins: np.ndarray, crop: int) -> torch.Tensor:
@@ -142,12 +143,12 @@ def _sample(images: list[torch.Tensor], wins: np.ndarray, crop: int) -> torch.Te
 
 
 def decode_batch(batch: dict, crop: int, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """A --decode gpu batch from Ray Data (numpy columns jpeg, win, ok, label) as the train step takes it:
-    {"image": uint8 [N, crop, crop, 3], "label", "ok"} on `device`. The labels travel through pinned
+    """A --decode gpu batch from Ray Data (numpy columns jpeg, win, decoded, label) as the train step takes
+    it: {"image": uint8 [N, crop, crop, 3], "label", "decoded"} on `device`. The labels travel through pinned
     memory: a copy from pageable memory would wait for the step queued before it."""
     device = torch.device(device)
-    images, ok = decode_windows(batch["jpeg"], batch["win"], batch["ok"], crop, device)
+    images, decoded = decode_windows(batch["jpeg"], batch["win"], batch["decoded"], crop, device)
     labels = torch.as_tensor(np.asarray(batch["label"]))
     if device.type == "cuda":
         labels = labels.pin_memory()
-    return {"image": images, "label": labels.to(device, non_blocking=True), "ok": ok}
+    return {"image": images, "label": labels.to(device, non_blocking=True), "decoded": decoded}

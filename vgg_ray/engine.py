@@ -2,7 +2,7 @@
 paths and its plain PyTorch peer) runs per batch. Pure PyTorch.
 
 A batch arrives as uint8 NHWC images on the device (decoded, rescaled, cropped and flipped on CPUs), with
-an optional `ok` mask: rows whose image could not be decoded hold zeros and count for nothing. The step:
+an optional `decoded` mask: rows whose image could not be decoded hold zeros and count for nothing. The step:
 §2.1's mean subtraction and §3.1's colour shift on the device -> micro-batches under bf16 autocast (on
 CUDA), their gradients accumulated into one update of the whole batch -> SGD. Nothing here synchronises
 with the device: losses and counts stay tensors until the caller reads them once per epoch.
@@ -58,7 +58,7 @@ class TrainStep:
     batch times the world size (1 when the batch splits evenly): DDP averages the ranks' gradients, so a
     rank holding 86 of 256 images among 3 weighs its loss by 86*3/256 and the update is the mean over the
     whole batch. `seed` and `rank` seed what the step draws (start_epoch). With undecodable rows (none in
-    converted shards; possible in others' files) a rank's mean is over its own good images, so they weigh
+    converted shards; possible in others' files) a rank's mean is over its own decoded images, so they weigh
     a little more than the rest of the batch's: exact weights would need a count all-reduced every step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stats: Mapping, device: torch.device,
@@ -83,14 +83,15 @@ class TrainStep:
         self.generator.manual_seed(seed)
         torch.manual_seed(seed)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
-        """One update; returns the summed loss of the batch's good images (a device tensor, no sync)."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """One update; returns the summed loss of the batch's decoded images (a device tensor, no sync)."""
         x = to_float_nchw(images, self.mean, channels_last=self.channels_last)
         x = colour_shift(x, self.eigval, self.eigvec, self.colour_shift_std, self.generator)
         y = labels.long()
-        weight = torch.ones(len(y), device=x.device) if ok is None else ok.to(x.device, torch.float32)
+        weight = torch.ones(len(y), device=x.device) if decoded is None else decoded.to(x.device, torch.float32)
         # the images the mean is over, scaled to this rank's weight in DDP's average; a tensor: no host sync
-        n_good = weight.sum().clamp(min=1) / self.share_fraction
+        n_decoded = weight.sum().clamp(min=1) / self.share_fraction
         chunks = list(zip(x.split(self.micro), y.split(self.micro), weight.split(self.micro), strict=True))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=x.device)
@@ -100,7 +101,7 @@ class TrainStep:
             sync = no_sync() if not last and no_sync is not None else contextlib.nullcontext()
             with sync, _autocast(self.device, self.amp):
                 loss = (F.cross_entropy(self.model(xc), yc, reduction="none").float() * wc).sum()
-                (loss / n_good).backward()
+                (loss / n_decoded).backward()
             total += loss.detach()
         self.optimizer.step()
         return total
@@ -108,7 +109,7 @@ class TrainStep:
 
 @torch.no_grad()
 def validation_counts(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-                      ok: torch.Tensor | None = None, amp: bool | None = None,
+                      decoded: torch.Tensor | None = None, amp: bool | None = None,
                       channels_last: bool | None = None) -> torch.Tensor:
     """float64 [top-1 hits, top-5 hits, images] of one batch of centre crops (undecodable rows excluded),
     on the device, to be summed over batches and all-reduced over ranks."""
@@ -116,7 +117,9 @@ def validation_counts(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     x = to_float_nchw(images, mean, channels_last=on_gpu if channels_last is None else channels_last)
     with _autocast(images.device, on_gpu if amp is None else amp):
         logits = model(x).float()
-    good = torch.ones(len(labels), dtype=torch.bool, device=images.device) if ok is None else ok.bool()
+    if decoded is None:
+        decoded = torch.ones(len(labels), dtype=torch.bool, device=images.device)
+    decoded = decoded.bool()
     y = labels.long()
-    return torch.stack([(topk_correct(logits, y, 1) & good).sum(), (topk_correct(logits, y, 5) & good).sum(),
-                        good.sum()]).double()
+    return torch.stack([(topk_correct(logits, y, 1) & decoded).sum(),
+                        (topk_correct(logits, y, 5) & decoded).sum(), decoded.sum()]).double()

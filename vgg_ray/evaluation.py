@@ -216,7 +216,7 @@ class PosteriorTable:
         self.methods = [m for m in NETWORK_METHODS if m in methods]
         self.keys: list[str | None] = [None] * n_images
         self.labels = np.full(n_images, -1, dtype=np.int64)
-        self.bad = np.zeros(n_images, dtype=bool)  # undecodable images: counted, then left out
+        self.undecodable = np.zeros(n_images, dtype=bool)  # counted, then left out of every metric
         self.seen = {(m, meth, q): np.zeros(n_images, dtype=np.int32)
                      for m, qs in self.scales.items() for meth in self.methods for q in qs}
         self.sums = {(m, meth): np.zeros((n_images, num_classes), dtype=np.float32)
@@ -224,8 +224,9 @@ class PosteriorTable:
         self.hits = {(m, meth, q, k): np.zeros(n_images, dtype=bool) for (m, meth, q) in self.seen for k in (1, 5)}
 
     def add(self, model: str, method: str, scale: int, start: int, keys: Sequence[str], labels,
-            probs: np.ndarray, bad: Sequence[int] = ()) -> None:
-        """One slice [start, start + len(keys)) of the images, evaluated by one model at one Q."""
+            probs: np.ndarray, undecodable: Sequence[int] = ()) -> None:
+        """One slice [start, start + len(keys)) of the images, evaluated by one model at one Q; `undecodable`
+        lists the slice's rows (from 0) whose image could not be decoded."""
         where = (model, method, scale)
         if where not in self.seen:
             raise KeyError(f"unexpected piece {where}: planned are {sorted(self.seen)}")
@@ -246,8 +247,8 @@ class PosteriorTable:
                 raise RuntimeError(f"row {row}: {key!r}/{label} here, {self.keys[row]!r}/{self.labels[row]} "
                                    f"in another piece: the shards changed during the evaluation?")
         seen += 1
-        if len(bad):
-            self.bad[start + np.asarray(bad)] = True
+        if len(undecodable):
+            self.undecodable[start + np.asarray(undecodable)] = True
         self.sums[model, method][start:stop] += probs
         t_probs, t_labels = torch.tensor(probs, dtype=torch.float32), torch.tensor(labels)
         for k in (1, 5):
@@ -260,26 +261,26 @@ class PosteriorTable:
                 raise RuntimeError(f"{where}: {missing} images never evaluated, {twice} more than once")
 
     @property
-    def good(self) -> np.ndarray:
-        return ~self.bad
+    def decoded(self) -> np.ndarray:
+        return ~self.undecodable
 
     def posteriors(self, model: str, method: str) -> torch.Tensor:
-        """Multi-scale posteriors [N_good, classes] of one model: the mean over its Q set (§3.2)."""
+        """Multi-scale posteriors [N_decoded, classes] of one model: the mean over its Q set (§3.2)."""
         if method == BOTH:
             return multi_crop_and_dense(self.posteriors(model, DENSE), self.posteriors(model, MULTI_CROP))
-        return torch.from_numpy(self.sums[model, method][self.good] / len(self.scales[model]))
+        return torch.from_numpy(self.sums[model, method][self.decoded] / len(self.scales[model]))
 
     def single_scale_errors(self, model: str, method: str, scale: int) -> tuple[float, float]:
-        good = self.good
-        if not good.any():
+        decoded = self.decoded
+        if not decoded.any():
             raise RuntimeError("no image could be decoded")
-        return tuple(100.0 * (1.0 - self.hits[model, method, scale, k][good].mean()) for k in (1, 5))
+        return tuple(100.0 * (1.0 - self.hits[model, method, scale, k][decoded].mean()) for k in (1, 5))
 
-    def good_labels(self) -> torch.Tensor:
-        return torch.from_numpy(self.labels[self.good])
+    def decoded_labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.labels[self.decoded])
 
-    def good_keys(self) -> list[str]:
-        return [k for k, ok in zip(self.keys, self.good, strict=True) if ok]
+    def decoded_keys(self) -> list[str]:
+        return [k for k, d in zip(self.keys, self.decoded, strict=True) if d]
 
 
 def available_methods(methods: Sequence[str]) -> list[str]:

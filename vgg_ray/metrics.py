@@ -9,10 +9,17 @@ import os
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "corrupt_images",
+COLUMNS = ["epoch", "lr", "train_loss", "top1_err", "top5_err", "images_per_s", "epoch_s", "undecodable",
            "started_at_epoch", "world_size", "decision"]
 INT_COLUMNS = ("epoch", "world_size")
 TEXT_COLUMNS = ("decision",)  # the plateau rule's verdict on the epoch (PlateauSchedule.decision["why"])
+# earlier names of columns, in metrics.csv files and checkpointed histories written before the rename
+OLD_NAMES = {"corrupt_images": "undecodable"}
+
+
+def current_names(row: dict) -> dict:
+    """`row` with any column under an earlier name (OLD_NAMES) under its current one."""
+    return {OLD_NAMES.get(k, k): v for k, v in row.items()}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -36,7 +43,7 @@ def write_metrics_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 def read_metrics_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: (v if k in TEXT_COLUMNS else int(v) if k in INT_COLUMNS else float(v))
-                 for k, v in r.items() if v != ""}
+                 for k, v in current_names(r).items() if v != ""}
                 for r in csv.DictReader(f)]
 
 

@@ -28,15 +28,15 @@ def result_rows(table: PosteriorTable) -> list[dict]:
     """Rows for results.json: each model alone at each single Q (Table 3) and over its Q set (Tables 4-5),
     per method; and every fusion of two or more models over their Q sets (Table 6)."""
     names = list(table.scales)
-    labels = table.good_labels()
-    n_good, n_bad = int(table.good.sum()), int(table.bad.sum())
+    labels = table.decoded_labels()
+    n_decoded, n_undecodable = int(table.decoded.sum()), int(table.undecodable.sum())
 
     def row(models, method, errs):
         scales = sorted({q for m in models for q in table.scales[m]})
         return {"models": list(models), "method": method, "scales": scales,
                 "model_scales": {m: list(table.scales[m]) for m in models},
                 "top1_err": round(errs[0], 4), "top5_err": round(errs[1], 4),
-                "n_images": n_good, "n_skipped": n_bad}
+                "n_images": n_decoded, "n_undecodable": n_undecodable}
 
     rows = []
     methods = available_methods(table.methods)
@@ -103,8 +103,8 @@ def results_markdown(rows: Sequence[Mapping], meta: Mapping[str, Mapping], title
     full = [r for r in single if r["scales"] == list(meta[r["models"][0]]["scales"])]
     lines = [f"# {title or 'Evaluation'}", ""]
     n = rows[0]["n_images"] if rows else 0
-    skipped = rows[0].get("n_skipped", 0) if rows else 0
-    lines += [f"{n} validation images" + (f" ({skipped} undecodable, left out)" if skipped else "")
+    undecodable = rows[0].get("n_undecodable", 0) if rows else 0
+    lines += [f"{n} validation images" + (f" ({undecodable} undecodable, left out)" if undecodable else "")
               + "; errors in percent, top-1 / top-5. S and Q in paper units (pixels at a 224 crop). "
               "'paper': the paper's figure for the same configuration, S, Q and method (Tables 3-6, on "
               "ILSVRC-2012's 50,000 validation images), '-' where it has none.", ""]
@@ -161,7 +161,7 @@ def model_meta(info: Mapping, scales: Sequence[int]) -> dict:
 def write_posteriors(folder: Path, table: PosteriorTable) -> list[str]:
     """posteriors/<model>.parquet: per image key, label, model, method, scales, probs (list<float>)."""
     folder.mkdir(parents=True, exist_ok=True)
-    keys, labels = table.good_keys(), table.good_labels().numpy()
+    keys, labels = table.decoded_keys(), table.decoded_labels().numpy()
     paths = []
     for name, qs in table.scales.items():
         parts = []

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 PAPER_CROP = 224
 # A torchvision .pth carries no training scale. torchvision's reference recipe evaluates at a 256-pixel
-# resize, so such weights are treated as S = 256 (Q = {224, 256, 288} by §3.2); --scales overrides.
+# resize, so such weights are treated as S = 256 (Q = {224, 256, 288} by §3.2); --test-scales overrides.
 FALLBACK_TRAIN_SCALE = (256, 256)
 
 
@@ -47,10 +47,10 @@ def parse_test_scales(text: str | Sequence[int]) -> tuple[int, ...]:
     try:
         scales = tuple(int(q) for q in (text.split(",") if isinstance(text, str) else text) if str(q).strip())
     except ValueError:
-        raise ValueError(f"--scales {text!r}: expected Q values like 256,384,512") from None
+        raise ValueError(f"--test-scales {text!r}: expected Q values like 256,384,512") from None
     bad = [q for q in scales if q < PAPER_CROP]
     if bad:
-        raise ValueError(f"--scales {text!r}: Q must be >= {PAPER_CROP} (the crop, in paper units)")
+        raise ValueError(f"--test-scales {text!r}: Q must be >= {PAPER_CROP} (the crop, in paper units)")
     return tuple(sorted(set(scales)))
 
 
@@ -83,7 +83,7 @@ def train_scale_of(config: Mapping | None) -> tuple[int, int] | None:
 
 
 def resolve_test_scales(config: Mapping | None, override: Sequence[int] = ()) -> tuple[int, ...]:
-    """The Q set (paper units) a model is evaluated at: `override` (--scales) when given, else §3.2's
+    """The Q set (paper units) a model is evaluated at: `override` (--test-scales) when given, else §3.2's
     default for its training scale."""
     if override:
         return parse_test_scales(override)

@@ -1,5 +1,5 @@
 """The Ray Data pipeline over converted shards: transforms inside Ray Data equal them alone, per-epoch
-order, exact-once validation, corrupt images, and the demo dataset."""
+order, exact-once validation, undecodable images, and the demo dataset."""
 
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ pytestmark = pytest.mark.ray
 SCALE, CROP = (37, 73), 32  # the smoke preset: §3.1's [256, 512] at a 32-pixel crop
 
 
-def rows(ds, bad: list | None = None) -> list[tuple[str, int, bytes]]:
-    """(key, label, image bytes) of the good images in the order the dataset yields them; the keys of
-    rows marked undecodable (ok False, a zero image) go to `bad`."""
+def rows(ds, undecodable: list | None = None) -> list[tuple[str, int, bytes]]:
+    """(key, label, image bytes) of the decoded images in the order the dataset yields them; the keys of
+    rows marked undecodable (`decoded` False, a zero image) go to `undecodable`."""
     out = []
     for b in ds.iter_batches(batch_size=64, batch_format="numpy"):
         assert b["image"].dtype == np.uint8 and b["image"].shape[1:] == (CROP, CROP, 3)
-        assert b["label"].dtype == np.int64 and b["ok"].dtype == bool
-        for k, lab, img, ok in zip(b["key"], b["label"], b["image"], b["ok"], strict=True):
-            if ok:
+        assert b["label"].dtype == np.int64 and b["decoded"].dtype == bool
+        for k, lab, img, decoded in zip(b["key"], b["label"], b["image"], b["decoded"], strict=True):
+            if decoded:
                 out.append((str(k), int(lab), img.tobytes()))
             else:
                 assert not img.any()
-                bad.append(str(k))
+                undecodable.append(str(k))
     return out
 
 
@@ -119,8 +119,8 @@ def test_decode_on_device_carries_the_same_draws(ray_local, demo_shards):
     ds = data.train_dataset(demo_shards, SCALE, CROP, seed=5, with_keys=True, on_device=True)
     n = 0
     for b in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        assert set(b) == {"jpeg", "win", "label", "ok", "key"} and b["win"].dtype == np.int32
-        assert b["ok"].all()
+        assert set(b) == {"jpeg", "win", "label", "decoded", "key"} and b["win"].dtype == np.int32
+        assert b["decoded"].all()
         for key, jpeg, win, label in zip(b["key"], b["jpeg"], b["win"], b["label"], strict=True):
             want_label, want = cpu[str(key)]
             got = T.render_window(jpeg, T.Window((int(win[0]), int(win[1])), int(win[2]), int(win[3]), bool(win[4])), CROP)
@@ -151,8 +151,8 @@ def test_train_workers_get_different_images(ray_local, demo_shards):
     assert len(set().union(*map(set, got))) == 3 * (n // 3)  # disjoint
 
 
-def val_keys(root: str, world: int, bad: list | None = None) -> list[list[tuple[str, int, bytes]]]:
-    return [rows(data.val_dataset(root, r, world, 48, CROP, with_keys=True), bad) for r in range(world)]
+def val_keys(root: str, world: int, undecodable: list | None = None) -> list[list[tuple[str, int, bytes]]]:
+    return [rows(data.val_dataset(root, r, world, 48, CROP, with_keys=True), undecodable) for r in range(world)]
 
 
 @pytest.fixture(scope="module")
@@ -188,27 +188,27 @@ def test_validation_exactly_once(ray_local, world, which, request):
         assert sorted(k for k, _, _ in rank) == sorted(keys[a:b])
 
 
-def test_corrupt_images_are_counted_and_skipped(ray_local, demo_shards, tmp_path):
-    # Shards written by another tool: one garbage and one truncated image in train, one bad in val.
+def test_undecodable_images_are_counted_and_skipped(ray_local, demo_shards, tmp_path):
+    # Shards written by another tool: one garbage and one truncated image in train, one garbage in val.
     root = str(tmp_path)
-    bad = {}
+    spoilt = {}
     for split, spoil in (("train", (3, 10)), ("val", (7,))):
         t = split_table(demo_shards, split)
         images = t.column("image").to_pylist()
         for i in spoil:
             images[i] = b"garbage" if i != 10 else images[i][: len(images[i]) // 3]
-            bad[t.column("key")[i].as_py()] = split
+            spoilt[t.column("key")[i].as_py()] = split
         t = t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
         shards.write_shard(root, split, shards.shard_name(0), t, {}, row_group_rows=16)
     shards.write_manifest(root, shards.load_manifest(demo_shards))
-    bad_train, bad_val = [], []
-    train = rows(data.train_dataset(root, SCALE, CROP, seed=0, with_keys=True), bad_train)
-    assert len(train) + len(bad_train) == shards.split_rows(root, "train")  # the batch counts stay even
-    val = [r for rank in val_keys(root, 2, bad_val) for r in rank]
-    assert len(val) + len(bad_val) == shards.split_rows(root, "val")
-    assert sorted(bad_train) == sorted(k for k, s in bad.items() if s == "train")
-    assert bad_val == [k for k, s in bad.items() if s == "val"]
-    assert not set(bad) & {k for k, _, _ in train + val}
+    undecodable_train, undecodable_val = [], []
+    train = rows(data.train_dataset(root, SCALE, CROP, seed=0, with_keys=True), undecodable_train)
+    assert len(train) + len(undecodable_train) == shards.split_rows(root, "train")  # the batch counts stay even
+    val = [r for rank in val_keys(root, 2, undecodable_val) for r in rank]
+    assert len(val) + len(undecodable_val) == shards.split_rows(root, "val")
+    assert sorted(undecodable_train) == sorted(k for k, s in spoilt.items() if s == "train")
+    assert undecodable_val == [k for k, s in spoilt.items() if s == "val"]
+    assert not set(spoilt) & {k for k, _, _ in train + val}
 
 
 def test_prepare_imagenet_job_fans_out_to_the_same_shards(ray_local, demo_tree, demo_shards, tmp_path, capsys):

@@ -18,24 +18,25 @@ def test_ranks_wait_for_the_decision_and_replays_change_nothing(ray_local):
     name, handle = start_board()
     try:
         assert board(name)._actor_id == handle._actor_id
-        key = "runs/x/A"
-        ray.get(handle.seed.remote(key, PlateauSchedule(lr=0.01, patience=1).state_dict()))
-        first = ray.get(handle.after_epoch.remote(key, -1))  # before epoch 0: nothing to wait for
+        run_key = "runs/x/A"
+        ray.get(handle.seed.remote(run_key, PlateauSchedule(lr=0.01, patience=1).state_dict()))
+        first = ray.get(handle.after_epoch.remote(run_key, -1))  # before epoch 0: nothing to wait for
         assert first["lr"] == 0.01 and first["last_epoch"] == -1
-        waiting = handle.after_epoch.remote(key, 0)  # every rank, before epoch 1
+        waiting = handle.after_epoch.remote(run_key, 0)  # every rank, before epoch 1
         ready, _ = ray.wait([waiting], timeout=0.5)
         assert not ready  # the Tune callback has not decided yet
-        callback = PlateauCallback(name, key_of_trial=lambda trial: key)
+        callback = PlateauCallback(name, run_key_of_trial=lambda trial: run_key)
         trial = types.SimpleNamespace(config={})
         callback.on_trial_result(0, [], trial, {"epoch": 0, "top1_acc": 0.3})
         assert ray.get(waiting)["lr"] == 0.01
         callback.on_trial_result(1, [], trial, {"epoch": 1, "top1_acc": 0.3})  # no better: patience 1
         callback.on_trial_result(1, [], trial, {"epoch": 1, "top1_acc": 0.9})  # a replay: ignored
-        after = ray.get(handle.after_epoch.remote(key, 1))
+        after = ray.get(handle.after_epoch.remote(run_key, 1))
         assert after["lr"] == pytest.approx(0.001) and after["decreases"] == 1
         # a restarted worker group seeds the board from its checkpoint, which is the truth
-        ray.get(handle.seed.remote(key, PlateauSchedule(lr=0.01, patience=1, last_epoch=0, best=0.3).state_dict()))
-        assert ray.get(handle.get.remote(key))["lr"] == 0.01
+        restored = PlateauSchedule(lr=0.01, patience=1, last_epoch=0, best=0.3)
+        ray.get(handle.seed.remote(run_key, restored.state_dict()))
+        assert ray.get(handle.get.remote(run_key))["lr"] == 0.01
     finally:
         ray.kill(handle)
 

@@ -6,7 +6,7 @@ the colour shift and the mean subtraction (vgg_ray.transforms). val_dataset: one
 the val split, every image exactly once across ranks.
 
 Undecodable images (shards written by other tools; ours are checked at conversion) stay in their batch
-as a zero image with `ok` False, so every rank still gets the same number of batches; the train step and
+as a zero image with `decoded` False, so every rank still gets the same number of batches; the train step and
 the validation counts leave them out and count them, and the task that met one names it in the job's log.
 """
 
@@ -58,17 +58,17 @@ def _epoch() -> int:
 
 def _decode_all(datas, labels, keys, crop: int, with_keys: bool, sample) -> dict:
     """sample(data, key, row) per image, rendering into its row of the image column -> columns image,
-    label, ok (and key); an undecodable image becomes a zero image with ok False, named here (Ray
+    label, decoded (and key); an undecodable image becomes a zero image with decoded False, named here (Ray
     forwards a task's output to the job's log)."""
     n = len(datas)
     out = {"image": np.zeros((n, crop, crop, 3), np.uint8), "label": np.asarray(labels, dtype=np.int64),
-           "ok": np.ones(n, dtype=bool)}
+           "decoded": np.ones(n, dtype=bool)}
     for i, (data, key) in enumerate(zip(datas, keys, strict=True)):
         try:
             sample(data, str(key), out["image"][i])
         except transforms.UndecodableImage as e:
             out["image"][i] = 0
-            out["ok"][i] = False
+            out["decoded"][i] = False
             print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
     if with_keys:
         out["key"] = np.asarray([str(k) for k in keys], dtype=object)
@@ -86,17 +86,17 @@ def _draw_windows(batch: dict, train_scale_px: tuple[int, int], crop: int, seed:
     """--decode gpu: the JPEG bytes travel on, with each image's window (S, crop, flip) drawn here from the
     same per-image generator as the CPU path's, for the train worker to decode and render on its device."""
     epoch = _epoch()
-    wins, ok = [], np.ones(len(batch["key"]), dtype=bool)
+    wins, decoded = [], np.ones(len(batch["key"]), dtype=bool)
     for i, (data, key) in enumerate(zip(batch["image"], batch["key"], strict=True)):
         try:
             wins.append(transforms.train_window(transforms.image_size(data), train_scale_px, crop,
                                                 transforms.row_rng(seed, epoch, str(key))))
         except transforms.UndecodableImage as e:
             wins.append(None)
-            ok[i] = False
+            decoded[i] = False
             print(f"vgg_ray: skipped undecodable image {key}: {e}", flush=True)
     out = {"jpeg": np.asarray(list(batch["image"]), dtype=object), "win": transforms.window_array(wins),
-           "label": np.asarray(batch["label"], dtype=np.int64), "ok": ok}
+           "label": np.asarray(batch["label"], dtype=np.int64), "decoded": decoded}
     if with_keys:
         out["key"] = np.asarray([str(k) for k in batch["key"]], dtype=object)
     return out
@@ -139,9 +139,9 @@ def cpu_capacity() -> float:
 
 def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: int,
                   with_keys: bool = False, on_device: bool = False, first_epoch: int = 0) -> ray.data.Dataset:
-    """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and ok (bool: False for an undecodable
+    """§3.1: columns image (uint8 [crop, crop, 3]), label (int64) and decoded (bool: False for an undecodable
     image), augmented afresh every epoch (`with_keys` adds each image's source key, for tests). With
-    `on_device` (--decode gpu) the columns are jpeg, win, label and ok instead: see _draw_windows.
+    `on_device` (--decode gpu) the columns are jpeg, win, label and decoded instead: see _draw_windows.
 
     The file order is reshuffled every epoch, and the rows within each read task's block (block_order),
     both reproducible from `seed`; the converter wrote each train shard in a fixed random order of all

@@ -75,15 +75,15 @@ class Evaluator:
                 return None
 
         images = list(self.decoders.map(decode, rows.column("image").to_pylist()))
-        good = [i for i, img in enumerate(images) if img is not None]
+        decoded = [i for i, img in enumerate(images) if img is not None]
         probs = np.zeros((len(images), model.num_classes), dtype=np.float32)
-        if good:
-            out = evaluate_images(model, [images[i] for i in good], [piece["method"]], mean, std,
+        if decoded:
+            out = evaluate_images(model, [images[i] for i in decoded], [piece["method"]], mean, std,
                                   max_batch=self.max_batch)
-            probs[good] = out[piece["method"]].numpy()
+            probs[decoded] = out[piece["method"]].numpy()
         return {"keys": rows.column("key").to_pylist(),
                 "labels": np.asarray(rows.column("label").to_pylist(), dtype=np.int64), "probs": probs,
-                "bad": [i for i, img in enumerate(images) if img is None]}
+                "undecodable": [i for i, img in enumerate(images) if img is None]}
 
 
 def pool_size(cfg: EvalConfig, n_pieces: int, cap: Capacity, use_gpu: bool,
@@ -154,7 +154,7 @@ def run_pieces(cfg: EvalConfig, pieces: list[dict], model_refs: dict, root: str,
             except ray.exceptions.RayTaskError as e:
                 raise RuntimeError(f"evaluating {_describe(p)} failed: {e}") from e
             table.add(p["model"], p["method"], p["scale"], p["start"], r["keys"], r["labels"], r["probs"],
-                      r["bad"])
+                      r["undecodable"])
             bar.update(p["stop"] - p["start"])
             bar.set_postfix_str(f"{len(pieces) - len(queue) - len(running)}/{len(pieces)} pieces", refresh=False)
     finally:
@@ -208,5 +208,5 @@ def evaluate(cfg: EvalConfig, root: str, models: dict[str, tuple] | None = None)
         (out / "eval_config.json").write_text(json.dumps(run_info, indent=1) + "\n")
     return {"out": cfg.out, "rows": rows, "markdown": markdown, "findings": findings_markdown(findings),
             "posteriors": posteriors, "n_images": n,
-            "pieces": len(pieces), "skipped": int(table.bad.sum())}
+            "pieces": len(pieces), "undecodable": int(table.undecodable.sum())}
 

@@ -33,31 +33,32 @@ class ScheduleBoard:
         self._states: dict[str, PlateauSchedule] = {}
         self._changed = asyncio.Condition()
 
-    async def seed(self, key: str, state: dict) -> dict:
+    async def seed(self, run_key: str, state: dict) -> dict:
         """Install the schedule a worker group starts from. Its checkpoint is the truth: after a restart
         that lost an epoch the board may know a later epoch, which is now to be trained (and observed)
         again; after a run was deleted and started afresh the board's state is stale."""
         async with self._changed:
-            self._states[key] = PlateauSchedule.from_state(state)
+            self._states[run_key] = PlateauSchedule.from_state(state)
             self._changed.notify_all()
             return state
 
-    async def observe(self, key: str, epoch: int, top1_acc: float) -> dict:
+    async def observe(self, run_key: str, epoch: int, top1_acc: float) -> dict:
         async with self._changed:
-            if key not in self._states:
-                raise KeyError(f"no schedule seeded for {key!r}")
-            self._states[key].observe(epoch, top1_acc)
+            if run_key not in self._states:
+                raise KeyError(f"no schedule seeded for {run_key!r}")
+            self._states[run_key].observe(epoch, top1_acc)
             self._changed.notify_all()
-            return self._states[key].state_dict()
+            return self._states[run_key].state_dict()
 
-    async def after_epoch(self, key: str, epoch: int) -> dict:
+    async def after_epoch(self, run_key: str, epoch: int) -> dict:
         """The schedule once epoch `epoch` has been observed (waits for the Tune callback)."""
         async with self._changed:
-            await self._changed.wait_for(lambda: key in self._states and self._states[key].last_epoch >= epoch)
-            return self._states[key].state_dict()
+            await self._changed.wait_for(
+                lambda: run_key in self._states and self._states[run_key].last_epoch >= epoch)
+            return self._states[run_key].state_dict()
 
-    async def get(self, key: str) -> dict | None:
-        s = self._states.get(key)
+    async def get(self, run_key: str) -> dict | None:
+        s = self._states.get(run_key)
         return None if s is None else s.state_dict()
 
 
@@ -78,12 +79,12 @@ def board(name: str) -> ray.actor.ActorHandle:
 class PlateauCallback(tune.Callback):
     """§3.1 in the Tune driver: each trial result carries `epoch` and `top1_acc` (reduced over ranks)."""
 
-    def __init__(self, board_name: str, key_of_trial=lambda trial: trial.config["key"]):
-        self._board_name, self._key_of_trial, self._board = board_name, key_of_trial, None
+    def __init__(self, board_name: str, run_key_of_trial=lambda trial: trial.config["run_key"]):
+        self._board_name, self._run_key_of_trial, self._board = board_name, run_key_of_trial, None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "top1_acc" not in result or "epoch" not in result:
             return
         self._board = self._board or board(self._board_name)
-        ray.get(self._board.observe.remote(self._key_of_trial(trial), int(result["epoch"]),
+        ray.get(self._board.observe.remote(self._run_key_of_trial(trial), int(result["epoch"]),
                                            float(result["top1_acc"])))

@@ -39,8 +39,8 @@ SCHEDULE_TIMEOUT_S = 1800  # the Tune driver decides within seconds; this only t
 
 
 @dataclass
-class Worker:
-    """What one rank holds across epochs."""
+class Rank:
+    """What one training rank (one DDP process of the worker group) holds across epochs."""
     cfg: TrainConfig
     rank: int
     world: int  # this worker group's size: --workers N, or where an elastic run stands now
@@ -50,7 +50,7 @@ class Worker:
     step: TrainStep
     manifest: dict
     run_dir: str
-    key: str  # the run's key on the schedule board
+    run_key: str  # the run's key on the schedule board
     board: ray.actor.ActorHandle
     val: ray.data.Dataset  # this rank's exact slice of the val split
     on_device: bool  # --decode gpu: the train stream carries JPEG bytes, decoded here
@@ -59,48 +59,49 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    w = setup(config)
-    for epoch in range(w.start_epoch, w.cfg.max_epochs):
-        sched = PlateauSchedule.from_state(ray.get(w.board.after_epoch.remote(w.key, epoch - 1),
+    me = setup(config)
+    for epoch in range(me.start_epoch, me.cfg.max_epochs):
+        sched = PlateauSchedule.from_state(ray.get(me.board.after_epoch.remote(me.run_key, epoch - 1),
                                                    timeout=SCHEDULE_TIMEOUT_S))
-        record_decision(w, sched, write=sched.stop)
+        record_decision(me, sched, write=sched.stop)
         if sched.stop:
             break
         t0 = time.perf_counter()
-        loss_sum, seen, bad_train = train_epoch(w, epoch, sched.lr)
+        loss_sum, seen, undecodable_train = train_epoch(me, epoch, sched.lr)
         train_s = time.perf_counter() - t0
-        c1, c5, n_val, bad_val = validate(w)
-        loss_sum, seen, bad, c1, c5, n_val = all_reduce_sum([loss_sum, seen, bad_train + bad_val, c1, c5, n_val],
-                                                            w.device)
+        c1, c5, n_val, undecodable_val = validate(me)
+        loss_sum, seen, undecodable, c1, c5, n_val = all_reduce_sum(
+            [loss_sum, seen, undecodable_train + undecodable_val, c1, c5, n_val], me.device)
         if n_val == 0:
             raise RuntimeError(f"{config['root']}: the validation split is empty")
         row = {"epoch": epoch, "lr": sched.lr, "train_loss": loss_sum / max(seen, 1),
                "top1_err": 100 * (1 - c1 / n_val), "top5_err": 100 * (1 - c5 / n_val), "top1_acc": c1 / n_val,
                "images_per_s": seen / train_s, "epoch_s": time.perf_counter() - t0, "n_val": int(n_val),
-               "corrupt_images": int(bad), "started_at_epoch": w.start_epoch, "world_size": w.world}
-        w.history.append(row)
-        checkpoint_and_report(w, epoch, row, sched)
+               "undecodable": int(undecodable), "started_at_epoch": me.start_epoch, "world_size": me.world}
+        me.history.append(row)
+        checkpoint_and_report(me, epoch, row, sched)
     else:  # ran to --max-epochs: the decision on the last epoch still goes into metrics.csv
-        if w.history:
-            last = ray.get(w.board.after_epoch.remote(w.key, w.history[-1]["epoch"]), timeout=SCHEDULE_TIMEOUT_S)
-            record_decision(w, PlateauSchedule.from_state(last), write=True)
+        if me.history:
+            last = ray.get(me.board.after_epoch.remote(me.run_key, me.history[-1]["epoch"]),
+                           timeout=SCHEDULE_TIMEOUT_S)
+            record_decision(me, PlateauSchedule.from_state(last), write=True)
 
 
-def record_decision(w: Worker, sched: PlateauSchedule, write: bool) -> None:
+def record_decision(me: Rank, sched: PlateauSchedule, write: bool) -> None:
     """The Tune callback's decision on the last epoch (improved, waiting, rate divided, stop) into that
     epoch's row of metrics.csv and, on rank 0, the job's log; the row is written out with the next epoch's,
     or now (`write`) when the run ends."""
     d = sched.decision
-    if d is None or not w.history or d["epoch"] != w.history[-1]["epoch"] or "decision" in w.history[-1]:
+    if d is None or not me.history or d["epoch"] != me.history[-1]["epoch"] or "decision" in me.history[-1]:
         return
-    w.history[-1]["decision"] = d["why"]
-    if w.rank == 0:
-        print(f"[{w.cfg.arch}] {sched.describe()}", flush=True)
+    me.history[-1]["decision"] = d["why"]
+    if me.rank == 0:
+        print(f"[{me.cfg.arch}] {sched.describe()}", flush=True)
         if write:
-            write_outputs(w.run_dir, w.cfg, w.history, None)
+            write_outputs(me.run_dir, me.cfg, me.history, None)
 
 
-def setup(config: dict) -> Worker:
+def setup(config: dict) -> Rank:
     """The model (resumed from Ray Train's latest checkpoint, or initialised as §3.1 says), DDP, the
     optimizer, the step, and the schedule the run continues from, seeded on the board."""
     cfg = TrainConfig.from_dict(config["cfg"])
@@ -141,13 +142,13 @@ def setup(config: dict) -> Worker:
     step = TrainStep(model, optimizer, manifest, device, micro=cfg.micro, colour_shift_std=cfg.colour_shift_std,
                      seed=cfg.seed, rank=rank, share_fraction=cfg.share(rank, world) * world / cfg.batch_size)
     schedule_board = board(config["board"])
-    ray.get(schedule_board.seed.remote(config["key"], sched.state_dict()))
+    ray.get(schedule_board.seed.remote(config["run_key"], sched.state_dict()))
     val = vdata.val_dataset(config["root"], rank, world, cfg.val_scale_px, cfg.crop_size)
     if rank == 0 and cfg.min_workers != cfg.max_workers:
         print(f"[{cfg.arch}] {world} workers (elastic {cfg.min_workers}-{cfg.max_workers}), from epoch "
               f"{start_epoch}: shares of the {cfg.batch_size}-image batch "
               f"{', '.join(str(cfg.share(r, world)) for r in range(world))}", flush=True)
-    return Worker(cfg, rank, world, device, model, optimizer, step, manifest, config["run_dir"], config["key"],
+    return Rank(cfg, rank, world, device, model, optimizer, step, manifest, config["run_dir"], config["run_key"],
                   schedule_board, val, config["decode_on_device"], history, start_epoch)
 
 
@@ -160,60 +161,62 @@ def load_checkpoint(model) -> tuple[int, list[dict], PlateauSchedule, dict] | No
         weights = torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(weights["model"])
-    history = state["history"]
+    history = [vmetrics.current_names(r) for r in state["history"]]  # a checkpoint from before a rename
     # The checkpoint was written before the Tune driver saw its epoch: replay that decision here.
     sched = PlateauSchedule.from_state(state["schedule"]).observe(history[-1]["epoch"], history[-1]["top1_acc"])
     return history[-1]["epoch"] + 1, history, sched, state["optimizer"]
 
 
-def train_epoch(w: Worker, epoch: int, lr: float) -> tuple[float, int, int]:
+def train_epoch(me: Rank, epoch: int, lr: float) -> tuple[float, int, int]:
     """One pass over this rank's share of the training stream: (summed loss, images, undecodable images).
     Rank 0 shows the epoch's progress in the job's log (global images, images/s, ETA)."""
-    for group in w.optimizer.param_groups:
+    for group in me.optimizer.param_groups:
         group["lr"] = lr
-    w.step.start_epoch(epoch)  # this rank's dropout masks and colour shifts for this epoch, restart or not
-    w.model.train()
-    steps = w.cfg.steps_per_epoch(w.manifest["counts"]["train"], w.world)
-    bar = (tqdm_ray(total=steps * w.cfg.batch_size, desc=f"[{w.cfg.arch}] epoch {epoch}", unit="img",
-                    flush_interval_s=PROGRESS_S) if w.rank == 0 else None)
-    loss_sum = torch.zeros((), device=w.device)  # on the device: no per-step GPU sync
-    seen = bad = torch.zeros((), dtype=torch.long, device=w.device)
-    for i, batch in enumerate(batches(w)):
+    me.step.start_epoch(epoch)  # this rank's dropout masks and colour shifts for this epoch, restart or not
+    me.model.train()
+    steps = me.cfg.steps_per_epoch(me.manifest["counts"]["train"], me.world)
+    bar = (tqdm_ray(total=steps * me.cfg.batch_size, desc=f"[{me.cfg.arch}] epoch {epoch}", unit="img",
+                    flush_interval_s=PROGRESS_S) if me.rank == 0 else None)
+    loss_sum = torch.zeros((), device=me.device)  # on the device: no per-step GPU sync
+    seen = undecodable = torch.zeros((), dtype=torch.long, device=me.device)
+    for i, batch in enumerate(batches(me)):
         if i >= steps:  # a smaller share leaves a few images over: the ranks step together
             continue  # (the stream is read to its end, so the next epoch starts cleanly)
-        loss_sum += w.step(batch["image"], batch["label"], batch["ok"])
-        seen = seen + batch["ok"].sum()
-        bad = bad + (~batch["ok"]).sum()
+        loss_sum += me.step(batch["image"], batch["label"], batch["decoded"])
+        seen = seen + batch["decoded"].sum()
+        undecodable = undecodable + (~batch["decoded"]).sum()
         if bar is not None:
-            bar.update(w.cfg.batch_size)
+            bar.update(me.cfg.batch_size)
     if bar is not None:
         bar.close()
-    return loss_sum.item(), int(seen), int(bad)
+    return loss_sum.item(), int(seen), int(undecodable)
 
 
-def batches(w: Worker):
-    """This rank's training batches as uint8 images, labels and ok on the device: decoded by Ray Data's
-    CPU tasks, or (--decode gpu) from JPEG bytes and windows here, on the device (vgg_ray.device_decode)."""
+def batches(me: Rank):
+    """This rank's training batches as uint8 images, labels and `decoded` on the device: decoded by Ray
+    Data's CPU tasks, or (--decode gpu) from JPEG bytes and windows here, on the device
+    (vgg_ray.device_decode)."""
     shard = ray.train.get_dataset_shard("train")
-    share = w.cfg.share(w.rank, w.world)
-    if not w.on_device:
-        yield from shard.iter_torch_batches(batch_size=share, drop_last=True, device=w.device)
+    share = me.cfg.share(me.rank, me.world)
+    if not me.on_device:
+        yield from shard.iter_torch_batches(batch_size=share, drop_last=True, device=me.device)
         return
     for b in shard.iter_batches(batch_size=share, drop_last=True, batch_format="numpy"):
-        yield decode_batch(b, w.cfg.crop_size, w.device)
+        yield decode_batch(b, me.cfg.crop_size, me.device)
 
 
-def validate(w: Worker) -> tuple[int, int, int, int]:
+def validate(me: Rank) -> tuple[int, int, int, int]:
     """(top-1 hits, top-5 hits, images, undecodable images) on this rank's slice of the val split."""
-    w.model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=w.device)
-    bad = torch.zeros((), dtype=torch.long, device=w.device)
-    for batch in w.val.iter_torch_batches(batch_size=max(w.cfg.micro, 64), device=w.device):
+    me.model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=me.device)
+    undecodable = torch.zeros((), dtype=torch.long, device=me.device)
+    for batch in me.val.iter_torch_batches(batch_size=max(me.cfg.micro, 64), device=me.device):
         # fp32 logits (no autocast): the plateau rule decides on top-1 counts that bf16 could tip
-        counts += validation_counts(w.model, batch["image"], batch["label"], w.step.mean, batch["ok"], amp=False)
-        bad += (~batch["ok"]).sum()
+        counts += validation_counts(me.model, batch["image"], batch["label"], me.step.mean, batch["decoded"],
+                                    amp=False)
+        undecodable += (~batch["decoded"]).sum()
     c1, c5, n = counts.tolist()
-    return int(c1), int(c5), int(n), int(bad)
+    return int(c1), int(c5), int(n), int(undecodable)
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -223,27 +226,27 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def checkpoint_and_report(w: Worker, epoch: int, row: dict, sched: PlateauSchedule) -> None:
+def checkpoint_and_report(me: Rank, epoch: int, row: dict, sched: PlateauSchedule) -> None:
     """Rank 0 writes the checkpoint (weights, optimizer, schedule, history) and the run's outputs; every
     rank reports (ray.train.report is a barrier)."""
     checkpoint, tmp = None, None
-    if w.rank == 0:
+    if me.rank == 0:
         tmp = tempfile.mkdtemp(prefix="vgg_ray_ckpt_")
-        net = w.model.module if hasattr(w.model, "module") else w.model
-        record = model_record(net, w.cfg.to_dict(), w.manifest["mean_rgb"], epoch=epoch,
+        net = me.model.module if hasattr(me.model, "module") else me.model
+        record = model_record(net, me.cfg.to_dict(), me.manifest["mean_rgb"], epoch=epoch,
                               top1_err=row["top1_err"], top5_err=row["top5_err"])
         save_atomic(record, Path(tmp) / "model.pt")
-        save_atomic({"optimizer": w.optimizer.state_dict(), "schedule": sched.state_dict(),
-                     "history": w.history}, Path(tmp) / "state.pt")
+        save_atomic({"optimizer": me.optimizer.state_dict(), "schedule": sched.state_dict(),
+                     "history": me.history}, Path(tmp) / "state.pt")
         checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        write_outputs(w.run_dir, w.cfg, w.history, record)
+        write_outputs(me.run_dir, me.cfg, me.history, record)
     ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:03d}")
     if tmp is not None:  # Ray Train has copied the checkpoint to storage: the epoch's line says it is saved
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"[{w.cfg.arch}] epoch {epoch}: lr {sched.lr:.3g} loss {row['train_loss']:.3f} "
+        print(f"[{me.cfg.arch}] epoch {epoch}: lr {sched.lr:.3g} loss {row['train_loss']:.3f} "
               f"top-1 err {row['top1_err']:.1f}% top-5 err {row['top5_err']:.1f}% "
               f"({row['images_per_s']:.0f} img/s, {row['epoch_s']:.1f} s"
-              + (f", {row['corrupt_images']} undecodable images skipped" if row["corrupt_images"] else "")
+              + (f", {row['undecodable']} undecodable images skipped" if row["undecodable"] else "")
               + "); checkpoint saved", flush=True)
 
 

@@ -60,7 +60,7 @@ def _trial(config: dict) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "root": config["root"], "run_dir": arch_dir,
-                           "key": arch_dir, "board": config["board"], "decode_on_device": on_device},
+                           "run_key": arch_dir, "board": config["board"], "decode_on_device": on_device},
         scaling_config=worker_scaling(cfg, config["use_gpu"]),
         run_config=ray.train.RunConfig(
             name=cfg.arch, storage_path=config["exp_dir"],
@@ -147,7 +147,7 @@ def train(cfgs: list[TrainConfig], decided: Plan | None = None) -> dict[str, str
         # run's last checkpoint, as a resubmission does.
         run_config=tune.RunConfig(name="tune-" + "-".join(archs), storage_path=exp_dir,
                                   failure_config=tune.FailureConfig(max_failures=first.max_failures),
-                                  callbacks=[PlateauCallback(board_name, key_of_trial=_key)], verbose=1),
+                                  callbacks=[PlateauCallback(board_name, run_key_of_trial=_run_key)], verbose=1),
     )
     try:
         results = tuner.fit()
@@ -167,6 +167,6 @@ def is_done(run_dir: str) -> bool:
     return exists(join(run_dir, DONE))
 
 
-def _key(trial) -> str:
+def _run_key(trial) -> str:
     # a schedule is keyed by its run directory: the same on every submission of the same run
     return join(trial.config["exp_dir"], trial.config["cfg"]["arch"])
