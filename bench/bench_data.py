@@ -5,16 +5,21 @@ images, and what each JPEG decoder costs per core.
     python -m bench.bench_data --data /data/shards --raw /data/imagenet --seconds 60
 
 Pipelines, each with --procs CPU processes, delivering uint8 batches of crop x crop images to this process:
-  ours   Ray Data over the shards: per image, S, the crop window and the flip are drawn from the header;
-         simplejpeg decodes (in the DCT domain at 1/2, 1/4, 1/8 when that is still large enough) and only
-         the window is resampled (vgg_ray.transforms.render_window).
-  peer   what users write: torchvision ImageFolder with its default loader (Pillow), then transforms.v2
-         ToImage, Resize(S) (RandomResize for a jittered S), RandomCrop, RandomHorizontalFlip, in a
-         DataLoader over the same images as files.
-The two alternate for --rounds rounds per scale (a shared machine's load drifts; alternating exposes both
-to it) and the medians are compared. The decoder table times one image's whole CPU work, decode to crop,
-per core, in this process, on the same images; on a GPU it adds the device path (vgg_ray.device_decode).
-Prints tables, then one JSON line.
+  ours     Ray Data over the shards: per image, S, the crop window and the flip are drawn from the header;
+           simplejpeg decodes (in the DCT domain at 1/2, 1/4, 1/8 when that is still large enough) and
+           only the window is resampled (vgg_ray.transforms.render_window).
+  peer     what users write: torchvision ImageFolder with its default loader (Pillow), then transforms.v2
+           ToImage, Resize(S) (RandomResize for a jittered S), RandomCrop, RandomHorizontalFlip, in a
+           DataLoader over the same images as files.
+  ceiling  ours with no consumer work: this process counts the rows of each block as Ray Data finishes
+           it and never fetches it (iter_internal_ref_bundles), so no batches are assembled or converted
+           to torch. What the decode processes deliver, and so what one node's CPUs can feed.
+They alternate for --rounds rounds per scale (a shared machine's load drifts; alternating exposes all to
+it) and the medians are compared. The decoder table times one image's whole CPU work, decode to crop, per
+core, in this process, on the same images; each pipeline's share is its median over --procs x that rate
+(its own decoder's). During ours' rounds the CPU time of every Ray process is sampled (psutil), to say
+where the cores went. On a GPU it adds the device path (vgg_ray.device_decode). Prints tables, then one
+JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
@@ -50,7 +56,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64, help="images per batch delivered to this process")
     p.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="CPU processes for each pipeline")
     p.add_argument("--decoder-images", type=int, default=64, help="images for the per-core decoder table")
-    p.add_argument("--pipelines", default="ours,peer", help="comma list of ours, peer (or none: table only)")
+    p.add_argument("--pipelines", default="ours,peer,ceiling",
+                   help="comma list of ours, peer, ceiling (or none: the decoder table only)")
     p.add_argument("--out", default=None,
                    help="also write the JSON to this file, or to DIR/<date>-<device>-data.json for a DIR/ (auto: bench/results/)")
     return p.parse_args(argv)
@@ -83,12 +90,74 @@ def peer(train_dir: Path, scale, crop, args):
     return lambda: timed(lambda: iter(dl), args.seconds, lambda b: len(b[1]))
 
 
-def ours(root: str, scale, crop, args):
+def ours(root: str, scale, crop, args, cpu: CpuSampler | None = None):
     from vgg_ray.distributed import data
 
     ds = data.train_dataset(root, scale, crop, seed=0)
-    return lambda: timed(lambda: ds.iter_torch_batches(batch_size=args.batch, drop_last=True), args.seconds,
+
+    def run() -> float:
+        if cpu:
+            cpu.start()
+        try:
+            return timed(lambda: ds.iter_torch_batches(batch_size=args.batch, drop_last=True), args.seconds,
                          lambda b: len(b["label"]))
+        finally:
+            if cpu:
+                cpu.stop()
+    return run
+
+
+def ceiling(root: str, scale, crop, args):
+    from vgg_ray.distributed import data
+
+    ds = data.train_dataset(root, scale, crop, seed=0)
+    return lambda: timed(ds.iter_internal_ref_bundles, args.seconds, lambda bundle: bundle.num_rows())
+
+
+class CpuSampler:
+    """CPU seconds of this process and of every Ray process on the machine, summed over the windows
+    between start() and stop(), by role: the decode tasks, this process (the consumer and Ray Data's
+    executor), and Ray's own (raylet, GCS, agents, Ray Data's stats and autoscaling actors)."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self.wall = 0.0
+        self._t0, self._before = 0.0, {}
+
+    @staticmethod
+    def _role(proc) -> str | None:
+        if proc.pid == os.getpid():
+            return "consumer (this process)"
+        name = " ".join(proc.cmdline()[:1])
+        if "MapBatches" in name or "ReadParquet" in name or name.startswith("ray::IDLE"):
+            return "decode tasks"
+        if "ray" in " ".join(proc.cmdline()):
+            return "Ray's own processes"
+        return None
+
+    def _sample(self) -> dict:
+        out = {}
+        for proc in psutil.process_iter():
+            try:
+                role = self._role(proc)
+                if role:
+                    t = proc.cpu_times()
+                    out[proc.pid] = (role, t.user + t.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return out
+
+    def start(self) -> None:
+        self._t0, self._before = time.perf_counter(), self._sample()
+
+    def stop(self) -> None:
+        self.wall += time.perf_counter() - self._t0
+        for pid, (role, t) in self._sample().items():
+            self.cpu[role] = self.cpu.get(role, 0.0) + t - self._before.get(pid, (role, 0.0))[1]
+
+    def shares(self) -> dict[str, float]:
+        """Cores' worth of CPU each role used, on average over the sampled windows."""
+        return {k: round(v / self.wall, 3) for k, v in sorted(self.cpu.items(), key=lambda kv: -kv[1])} if self.wall else {}
 
 
 # ---- per-core cost of one image's CPU work, by decoder ----
@@ -165,7 +234,7 @@ def gpu_decode_rates(images: list[bytes], scale, crop, batch: int = 256, repeat:
     rng = np.random.default_rng(0)
     datas = [images[i % len(images)] for i in range(batch)]
     wins = T.window_array([T.train_window(T.image_size(d), scale, crop, rng) for d in datas])
-    ok = np.ones(batch, bool)
+    decoded = np.ones(batch, bool)
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
 
     def rate(fn) -> float:
@@ -177,7 +246,7 @@ def gpu_decode_rates(images: list[bytes], scale, crop, batch: int = 256, repeat:
         torch.cuda.synchronize()
         return repeat * batch / (time.perf_counter() - t0)
 
-    return {"gpu_decode_img_s": rate(lambda: decode_windows(datas, wins, ok, crop, "cuda")),
+    return {"gpu_decode_img_s": rate(lambda: decode_windows(datas, wins, decoded, crop, "cuda")),
             "gpu_nvjpeg_img_s": rate(lambda: decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cuda"))}
 
 
@@ -189,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = resolve(args.data)
     crop = args.crop or (32 if args.data == "demo" else 224)
     scales = [tuple(scale_to_px(s, crop) for s in parse_scale(text)) for text in args.scales.split(",")]
-    pipelines = [p for p in args.pipelines.split(",") if p in ("ours", "peer")]
+    pipelines = [p for p in args.pipelines.split(",") if p in ("ours", "peer", "ceiling")]
     n = min(args.decoder_images, shards.split_rows(root, "train"))
     images = shards.read_rows(root, "train", 0, n, ["image"]).column("image").to_pylist()
     result = {"bench": "data", "date": date, "device": device, "data": args.data, "crop": crop, "procs": args.procs, "batch": args.batch,
@@ -200,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dir = Path(args.raw) / "train" if args.raw else Path(tmp) / "train"
         if pipelines and not args.raw:
             write_images(root, train_dir)
-        if "ours" in pipelines:
+        if "ours" in pipelines or "ceiling" in pipelines:
             import ray
 
             ray.init(address="local", num_cpus=args.procs, include_dashboard=False, log_to_driver=False)
@@ -210,8 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
             for scale in scales:
                 entry = {"train_scale_px": list(scale), "decoders": decoder_table(images, scale, crop),
                          "gpu_decode_img_s": None, **gpu_decode_rates(images, scale, crop)}
-                runs = {"ours": ours(root, scale, crop, args) if "ours" in pipelines else None,
-                        "peer": peer(train_dir, scale, crop, args) if "peer" in pipelines else None}
+                cpu = CpuSampler()
+                runs = {"ours": ours(root, scale, crop, args, cpu) if "ours" in pipelines else None,
+                        "peer": peer(train_dir, scale, crop, args) if "peer" in pipelines else None,
+                        "ceiling": ceiling(root, scale, crop, args) if "ceiling" in pipelines else None}
                 rates = {k: [] for k, v in runs.items() if v}
                 for r in range(args.rounds if rates else 0):
                     for k in rates:
@@ -220,8 +291,13 @@ def main(argv: list[str] | None = None) -> dict:
                           + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " images/s", flush=True)
                 entry["rounds"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
                 entry["median_img_s"] = {k: statistics.median(v) for k, v in rates.items()}
-                if len(rates) == 2:
+                if "ours" in rates and "peer" in rates:
                     entry["ratio_ours_over_peer"] = statistics.median([a / b for a, b in zip(rates["ours"], rates["peer"], strict=True)])
+                per_core = {d["decoder"].split(":")[0]: d["img_s_per_core"] for d in entry["decoders"]}
+                entry["share_of_procs_x_per_core"] = {
+                    k: v / (args.procs * per_core["peer" if k == "peer" else "ours"])
+                    for k, v in entry["median_img_s"].items()}
+                entry["cpu_cores_during_ours"] = cpu.shares()
                 result["scales"].append(entry)
         finally:
             if started_ray:
@@ -250,8 +326,13 @@ def print_tables(result: dict) -> None:
             print(f"  {'  of which nvJPEG alone could decode':<68}{e['gpu_nvjpeg_img_s']:>8.0f}")
         for k, v in e.get("median_img_s", {}).items():
             print(f"  pipeline {k:<59}{v:>8.1f}  rounds {' '.join(f'{x:.0f}' for x in e['rounds'][k])}")
+        for k, v in e.get("share_of_procs_x_per_core", {}).items():
+            label = f"{k}: share of {result['procs']} procs x its per-core rate"
+            print(f"  {label:<68}{v:>8.0%}")
         if "ratio_ours_over_peer" in e:
             print(f"  {'ratio ours / peer (median of the rounds)':<68}{e['ratio_ours_over_peer']:>8.2f}")
+        if e.get("cpu_cores_during_ours"):
+            print("  cores used during ours' rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in e["cpu_cores_during_ours"].items()))
 
 
 if __name__ == "__main__":
