@@ -12,6 +12,7 @@ the validation counts leave them out and count them, and the task that met one n
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -150,7 +151,7 @@ def train_dataset(root: str, train_scale_px: tuple[int, int], crop: int, seed: i
     passes k: see resume_epoch), so a restart draws what an uninterrupted run would have. Rows come out
     in a reproducible order only with preserve_order, set here; Ray Train replaces a dataset's execution
     options with its DataConfig's, so pass `dataset_config=train_data_config()` to the TorchTrainer to
-    keep it.
+    keep it (trainer_inputs gives both).
     """
     lo, hi = train_scale_px
     if lo < crop or hi < lo:
@@ -224,6 +225,21 @@ def train_data_config():
     options = DataConfig.default_ingest_options()
     options.preserve_order = True
     return DataConfig(execution_options={"train": options})
+
+
+def trainer_inputs(root: str, train_scale_px: tuple[int, int], crop: int, seed: int, on_device: bool,
+                   run_dir: str) -> dict:
+    """The TorchTrainer arguments that carry the training stream, together: `datasets` (a factory: Ray
+    Train calls it for every worker group it starts, so a restart (a lost worker or node, an elastic
+    resize, a resubmission) begins the data's epoch count where the run in `run_dir` resumes) and the
+    `dataset_config` without which its order would not be reproducible from the seed."""
+    return {"datasets": {"train": functools.partial(_resumed_train_dataset, root, train_scale_px, crop, seed,
+                                                    on_device, run_dir)},
+            "dataset_config": train_data_config()}
+
+
+def _resumed_train_dataset(root: str, train_scale_px, crop: int, seed: int, on_device: bool, run_dir: str):
+    return train_dataset(root, train_scale_px, crop, seed, on_device=on_device, first_epoch=resume_epoch(run_dir))
 
 
 # ---- validation ----

@@ -10,7 +10,6 @@ checkpoint, schedule included; finished configurations return at once.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,18 +69,9 @@ def _trial(config: dict) -> None:
             # the latest two: the one to resume from, and one more in case the latest is being written
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()]),
-        # a factory: Ray Train calls it for every worker group it starts, so a restart (a lost worker or
-        # node, an elastic resize, a resubmission) begins the data's epoch count where the run resumes
-        datasets={"train": functools.partial(_train_data, config["root"], cfg.train_scale_px, cfg.crop_size,
-                                             cfg.seed, on_device, arch_dir)},
-        dataset_config=vdata.train_data_config(),  # keeps the per-epoch order reproducible from the seed
+        **vdata.trainer_inputs(config["root"], cfg.train_scale_px, cfg.crop_size, cfg.seed, on_device, arch_dir),
     )
     trainer.fit()
-
-
-def _train_data(root: str, train_scale_px, crop: int, seed: int, on_device: bool, run_dir: str):
-    return vdata.train_dataset(root, train_scale_px, crop, seed, on_device=on_device,
-                               first_epoch=vdata.resume_epoch(run_dir))
 
 
 @dataclass(frozen=True)
