@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import socket
+import sys
 import tempfile
 import textwrap
 import time
@@ -613,4 +614,6 @@ def print_table(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # a path that failed is reported in the JSON and the table, and in the exit status too: scripts and CI
+    # that run the benchmark see it
+    sys.exit(1 if main().get("errors") else 0)
