@@ -115,27 +115,45 @@ def ceiling(root: str, scale, crop, args):
 
 
 class CpuSampler:
-    """CPU seconds of this process and of every Ray process on the machine, summed over the windows
-    between start() and stop(), by role: the decode tasks, this process (the consumer and Ray Data's
-    executor), and Ray's own (raylet, GCS, agents, Ray Data's stats and autoscaling actors)."""
+    """CPU seconds over the windows between start() and stop(), by role: the decode tasks, this process
+    (the consumer and Ray Data's executor), Ray's own processes (raylet, GCS, agents, Ray Data's stats and
+    autoscaling actors); then, from the machine's own counters, what no live process accounts for (a
+    process that exited in the window, or one of another program) and the cores left idle."""
 
     def __init__(self):
         self.cpu: dict[str, float] = {}
         self.wall = 0.0
-        self._t0, self._before = 0.0, {}
+        self._t0, self._before, self._machine = 0.0, {}, (0.0, 0.0)
+        self._roles: dict[int, str] = {}
+        self._raylets: set[int] = set()
 
     @staticmethod
-    def _role(proc) -> str | None:
+    def _machine_busy_idle() -> tuple[float, float]:
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t) - idle, idle
+
+    def _role(self, proc) -> str | None:
+        # Ray's workers retitle themselves after what they run ("ray::ReadParquet->MapBatches(...)",
+        # "ray::IDLE"), and a title read while it is rewritten can come back empty: a process keeps the
+        # role it was first seen with. Workers are the raylet's children; its actors are workers too, but
+        # keep their class in their title.
+        if proc.pid in self._roles:
+            return self._roles[proc.pid]
+        title = " ".join(proc.cmdline()) or proc.name()
         if proc.pid == os.getpid():
-            return "consumer (this process)"
-        name = " ".join(proc.cmdline()[:1])
-        if "MapBatches" in name or "ReadParquet" in name or name.startswith("ray::IDLE"):
-            return "decode tasks"
-        if "ray" in " ".join(proc.cmdline()):
-            return "Ray's own processes"
-        return None
+            role = "consumer (this process)"
+        elif proc.ppid() in self._raylets and not any(w in title for w in ("Actor", "Agent", "dashboard")):
+            role = "decode tasks"
+        elif "ray" in title:
+            role = "Ray's own processes"
+        else:
+            return None  # another program; it counts as "other" below
+        self._roles[proc.pid] = role
+        return role
 
     def _sample(self) -> dict:
+        self._raylets = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"}
         out = {}
         for proc in psutil.process_iter():
             try:
@@ -148,12 +166,18 @@ class CpuSampler:
         return out
 
     def start(self) -> None:
-        self._t0, self._before = time.perf_counter(), self._sample()
+        self._t0, self._before, self._machine = time.perf_counter(), self._sample(), self._machine_busy_idle()
 
     def stop(self) -> None:
         self.wall += time.perf_counter() - self._t0
+        busy, idle = (a - b for a, b in zip(self._machine_busy_idle(), self._machine, strict=True))
+        seen = 0.0
         for pid, (role, t) in self._sample().items():
-            self.cpu[role] = self.cpu.get(role, 0.0) + t - self._before.get(pid, (role, 0.0))[1]
+            used = t - self._before.get(pid, (role, 0.0))[1]
+            self.cpu[role] = self.cpu.get(role, 0.0) + used
+            seen += used
+        self.cpu["other (exited, or not Ray)"] = self.cpu.get("other (exited, or not Ray)", 0.0) + max(0.0, busy - seen)
+        self.cpu["idle"] = self.cpu.get("idle", 0.0) + idle
 
     def shares(self) -> dict[str, float]:
         """Cores' worth of CPU each role used, on average over the sampled windows."""
@@ -332,7 +356,7 @@ def print_tables(result: dict) -> None:
         if "ratio_ours_over_peer" in e:
             print(f"  {'ratio ours / peer (median of the rounds)':<68}{e['ratio_ours_over_peer']:>8.2f}")
         if e.get("cpu_cores_during_ours"):
-            print("  cores used during ours' rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in e["cpu_cores_during_ours"].items()))
+            print("  cores during ours' rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in e["cpu_cores_during_ours"].items()))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ def test_bench_data_compares_ours_with_the_peer_and_the_decoders(demo_shards, tm
         assert len(e["decoders"]) == 5 and all(d["img_s_per_core"] > 0 for d in e["decoders"])
         assert e["median_img_s"]["ours"] > 0 and e["median_img_s"]["peer"] > 0 and e["ratio_ours_over_peer"] > 0
         assert e["median_img_s"]["ceiling"] > 0 and set(e["share_of_procs_x_per_core"]) == {"ours", "peer", "ceiling"}
-        assert e["cpu_cores_during_ours"]["decode tasks"] > 0  # the decode processes were found and sampled
+        cores = e["cpu_cores_during_ours"]
+        assert cores["decode tasks"] > 0  # the decode processes were found and sampled
+        # every core of the machine is accounted for: busy by role, or idle
+        assert sum(cores.values()) == pytest.approx(os.cpu_count(), rel=0.25)
         assert e["gpu_decode_img_s"] is None  # no GPU here
     assert "ratio ours / peer" in proc.stdout and "ours: simplejpeg" in proc.stdout
